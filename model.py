@@ -238,7 +238,7 @@ class KVCache:
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32,
                  n_layers: int | None = None):
-        n_layers = cfg.n_layers + cfg.mtp_depth if n_layers is None else n_layers
+        n_layers = cfg.n_layers if n_layers is None else n_layers  # the MTP modules get their own
         self.max_len = max_len
         self.latent = [torch.zeros(batch, max_len, cfg.kv_lora_rank, device=device, dtype=dtype)
                        for _ in range(n_layers)]
@@ -647,12 +647,13 @@ class Transformer(nn.Module):
                     cache: KVCache | None = None, absorb: bool = False):
         """Run MTP module `depth` (0-based). h_prev [B, T, D] (depth-1 hidden, after the final norm
         for depth 0), next_tokens [B, T] (the token one step ahead of each position) -> (h [B, T, D],
-        balance loss). Its block uses cache layer n_layers + depth when a cache is given."""
+        balance loss). At inference the MTP blocks keep their own cache (`new_mtp_cache`, layer
+        `depth`), since they run one token behind the main model; the caller advances it."""
         mod = self.mtp[depth]
         e = self.embed(next_tokens)  # shared embedding [B, T, D]
         x = mod.eh_proj(torch.cat([mod.enorm(e), mod.hnorm(h_prev)], dim=-1))  # [B, T, D]
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
-        return mod.block(x, cos, sin, mask, token_mask, cache, self.cfg.n_layers + depth, absorb)
+        return mod.block(x, cos, sin, mask, token_mask, cache, depth, absorb)
 
     def mtp_logits(self, depth: int, h):
         return self.head(self.mtp[depth].norm(h))  # shared head [B, T, W]
@@ -664,9 +665,11 @@ class Transformer(nn.Module):
         cache.n_real += pad_mask.long().sum(1)
         cache.len += T
 
-    def new_cache(self, batch: int, max_len: int | None = None, dtype=None) -> KVCache:
+    def new_cache(self, batch: int, max_len: int | None = None, dtype=None, mtp: bool = False) -> KVCache:
+        """An empty cache for the main layers (or, with mtp=True, for the MTP modules' blocks)."""
         p = self.embed.weight
-        return KVCache(self.cfg, batch, max_len or self.cfg.max_seq_len, p.device, dtype or p.dtype)
+        n = self.cfg.mtp_depth if mtp else self.cfg.n_layers
+        return KVCache(self.cfg, batch, max_len or self.cfg.max_seq_len, p.device, dtype or p.dtype, n_layers=n)
 
 
 # --------------------------------------------------------------------------------------------
