@@ -620,7 +620,7 @@ class Transformer(nn.Module):
             bal = bal + b
         h = self.norm(x)  # [B, T, D]
         if cache is not None:
-            self._advance(cache, pad_mask)
+            self.advance_cache(cache, pad_mask)
         logits = self.head(h)  # [B, T, W]
         if targets is None:
             return (logits, h) if return_hidden else logits
@@ -659,7 +659,8 @@ class Transformer(nn.Module):
         return self.head(self.mtp[depth].norm(h))  # shared head [B, T, W]
 
     @staticmethod
-    def _advance(cache: KVCache, pad_mask):
+    def advance_cache(cache: KVCache, pad_mask):
+        """Mark a chunk of T columns written: pad_mask [B, T] says which are real tokens."""
         T = pad_mask.shape[1]
         cache.valid[:, cache.len:cache.len + T] = pad_mask
         cache.n_real += pad_mask.long().sum(1)
