@@ -1,0 +1,147 @@
+"""The four task families behind one interface: problems, the held-out split, and worked completions.
+
+    problem = make_problem("add", rng, difficulty=5)   # say, question "_1663+_5242"
+    prompt(problem)                 "User asks, ... </answer>.\\nUser: _1663+_5242\\nAssistant:"
+    completion(problem)             LONG:   "<think>3+2+0=5 6+4+0=10 6+2+1=9 1+5+0=6 0+0+0=0</think><answer>6905</answer>"
+    completion(problem, steps=0)    SHORT:  "<think></think><answer>6905</answer>"
+    completion(problem, steps=2)    GRADED: "<think>3+2+0=5 6+4+0=10</think><answer>6905</answer>"
+    completion(problem, mistake=True)       "<think>3+2+0=5 6+4+0=10 6+2+1=10 wait 6+2+1=9 1+5+0=6 ...</think>..."
+
+Each family lives in its own module (arith, mul, countdown, linear) with a worked example in its
+docstring; each provides generate(rng, difficulty), steps(problem) and answer_text(problem), plus
+DEFAULT_DIFFICULTY and DIFFICULTIES. This module picks the family by name and adds what is common.
+
+Why partial thinking still ends in the true answer: the base model pre-trained on such completions
+learns that thinking may stop anywhere and an answer follows. Where it stopped early it has to guess the
+digits it did not work out, and usually gets them wrong; where it thought to the end it copies them. So
+how far it thinks becomes a choice with a payoff, and RL (GRPO) can find that thinking longer pays.
+
+Held-out split: a problem is "eval" when a hash of its canonical text falls in the first EVAL_FRACTION
+of the hash range, else "train", whatever generated it. The canonical text drops the "_" padding of
+"add" questions, so 1663+5242 is held out at every width. The train and eval generators reject
+problems of the other split, so they can never meet.
+"""
+
+import hashlib
+import random
+
+from data import arith, countdown, linear, mul
+from data.common import Problem, Step
+
+FAMILIES = {"add": arith, "mul": mul, "countdown": countdown, "linear": linear}
+TASKS: tuple[str, ...] = tuple(FAMILIES)                  # ("add", "mul", "countdown", "linear")
+DEFAULT_DIFFICULTY = {task: family.DEFAULT_DIFFICULTY for task, family in FAMILIES.items()}
+DIFFICULTIES = {task: family.DIFFICULTIES for task, family in FAMILIES.items()}
+EVAL_FRACTION = 0.1    # share of each problem space held out for evaluation
+EVAL_SEED = 20250122   # seed of the fixed held-out sets (eval_set); the R1 paper's arXiv date
+
+
+def check_task(task: str) -> None:
+    """Raise ValueError naming the choices unless `task` is one of TASKS."""
+    if task not in FAMILIES:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+
+
+def _family(task: str):
+    check_task(task)
+    return FAMILIES[task]
+
+
+def _difficulty(task: str, difficulty: int | None) -> int:
+    if difficulty is None:
+        return DEFAULT_DIFFICULTY[task]
+    if difficulty not in DIFFICULTIES[task]:
+        allowed = DIFFICULTIES[task]
+        raise ValueError(f"difficulty {difficulty} out of range for {task!r}: {allowed.start}..{allowed.stop - 1}")
+    return difficulty
+
+
+# ----------------------------------------------------------------------------- problems and the split
+
+def make_problem(task: str, rng: random.Random, difficulty: int | None = None) -> Problem:
+    """One random problem of either split (None = the task's default difficulty)."""
+    family = _family(task)
+    return family.generate(rng, _difficulty(task, difficulty))
+
+
+def split_of(problem: Problem) -> str:
+    """"eval" for the held-out EVAL_FRACTION of the problem space (by hash), else "train"."""
+    canonical = f"{problem.task}:{problem.question.replace('_', '')}"
+    digest = hashlib.sha256(canonical.encode()).digest()
+    return "eval" if int.from_bytes(digest[:8], "big") < EVAL_FRACTION * 2 ** 64 else "train"
+
+
+def sample_problem(task: str, rng: random.Random, *, split: str = "train", difficulty: int | None = None) -> Problem:
+    """One random problem of the given split (rejection sampling; ~1.1 draws for train, ~10 for eval)."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
+    for _ in range(10_000):
+        problem = make_problem(task, rng, difficulty)
+        if split_of(problem) == split:
+            return problem
+    raise RuntimeError(f"no {split} problem for {task!r} in 10,000 draws")  # 1 in e^1000 by chance
+
+
+def make_problems(task: str, n: int, *, split: str = "train", seed: int,
+                  difficulty: int | None = None) -> list[Problem]:
+    """n distinct problems (by question) of one split, the same for the same arguments."""
+    check_task(task)
+    rng = random.Random(f"{seed}:{task}:{split}")  # a str seed is hashed the same way in every run
+    problems, seen, draws = [], set(), 0
+    while len(problems) < n:
+        draws += 1
+        if draws > 50 * n + 1000:
+            raise ValueError(f"found only {len(problems)} distinct {split} problems for {task!r} at difficulty "
+                             f"{_difficulty(task, difficulty)} in {draws - 1} draws; "
+                             f"ask for fewer or raise the difficulty")
+        problem = sample_problem(task, rng, split=split, difficulty=difficulty)
+        if problem.question not in seen:
+            seen.add(problem.question)
+            problems.append(problem)
+    return problems
+
+
+def eval_set(task: str, n: int = 200, *, difficulty: int | None = None) -> list[Problem]:
+    """The fixed held-out set: n distinct eval-split problems from EVAL_SEED (a smaller n is a prefix)."""
+    return make_problems(task, n, split="eval", seed=EVAL_SEED, difficulty=difficulty)
+
+
+# ----------------------------------------------------------------------------- worked solutions
+
+def solution_steps(problem: Problem) -> list[Step]:
+    """All steps of the worked solution (str(step) is its text)."""
+    return _family(problem.task).steps(problem)
+
+
+def n_steps(problem: Problem) -> int:
+    """n: the number of thinking steps of the LONG completion."""
+    return len(solution_steps(problem))
+
+
+def answer_text(problem: Problem) -> str:
+    """What the reference completion writes in <answer>: the answer, or for countdown the expression."""
+    return _family(problem.task).answer_text(problem)
+
+
+def completion(problem: Problem, *, steps: int | None = None, mistake: bool = False,
+               rng: random.Random | None = None) -> str:
+    """The worked solution written after "Assistant:": "<think>" + thinking + "</think><answer>" + answer + "</answer>".
+
+    steps=None: all n steps (LONG); steps=0: empty thinking (SHORT); 0<k<n: the first k steps (GRADED).
+    The answer is always the true one. mistake=True writes one of the shown steps (chosen with `rng`,
+    else by a hash of the question) off by one, then " wait " and the step again, right:
+    "6+2+1=10 wait 6+2+1=9". The steps are joined by single spaces.
+    """
+    all_steps = solution_steps(problem)
+    k = len(all_steps) if steps is None else steps
+    if not 0 <= k <= len(all_steps):
+        raise ValueError(f"steps={steps} out of range 0..{len(all_steps)} for {problem.question!r}")
+    shown = [str(step) for step in all_steps[:k]]
+    if mistake:
+        candidates = [i for i in range(k) if all_steps[i].value is not None]
+        if not candidates:
+            raise ValueError(f"mistake=True needs a shown step with a result; steps={k} for {problem.question!r}")
+        rng = rng or random.Random(f"mistake:{problem.task}:{problem.question}")
+        i = rng.choice(candidates)
+        shown[i] = f"{all_steps[i].wrong(rng)} wait {shown[i]}"
+    return f"<think>{' '.join(shown)}</think><answer>{answer_text(problem)}</answer>"

@@ -1,0 +1,125 @@
+"""Evaluation as in the R1 paper (§3, Supp. D.1): k samples per held-out problem at temperature
+0.6 and top-p 0.95, pass@1 = mean correctness over the k samples, cons@k = correctness of the
+majority-vote answer, pass@k with the unbiased estimator, and greedy accuracy, per task.
+
+Also what the R1-Zero story needs: the format rate and the thinking length in tokens (the text
+between <think> and </think>, counted apart from the whole completion, so a model cannot look
+like it "thinks longer" by padding after its answer).
+
+    python r1.py eval runs/NAME --k 8 --n 100 --tasks add,mul
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+
+import rewards
+from data import Problem, prompt
+from sampler import generate
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021):
+    1 - C(n-c, k) / C(n, k), the chance that k samples drawn without replacement hold a correct one."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority_vote(answers: list[str | None]) -> int | None:
+    """Index of a representative of the most common answer (equivalent answers vote together:
+    "1/2" and "0.5" are one answer). Ties go to the answer seen first; None answers never win."""
+    groups: list[list[int]] = []  # each group: indices of equivalent answers
+    for i, a in enumerate(answers):
+        if a is None:
+            continue
+        for g in groups:
+            if rewards.answers_equal(answers[g[0]], a):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    if not groups:
+        return None
+    return max(groups, key=len)[0]  # max() keeps the first of equal lengths
+
+
+def thinking_tokens(ids: list[int], think_id: int, end_think_id: int) -> int:
+    """Tokens strictly between <think> and </think> (to the end if </think> never came)."""
+    if think_id not in ids:
+        return 0
+    start = ids.index(think_id) + 1
+    end = ids.index(end_think_id, start) if end_think_id in ids[start:] else len(ids)
+    return end - start
+
+
+def score(problem: Problem, completion: str) -> float:
+    return rewards.accuracy_reward(completion, problem.answer, problem.numbers or None)
+
+
+@torch.no_grad()
+def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: float = 0.6, top_p: float = 0.95,
+             greedy: bool = True, max_new_tokens: int = 96, seed: int = 0, batch_rows: int = 256) -> dict:
+    """Per task and overall: pass@1, cons@k, pass@k (k samples), greedy accuracy, format rate,
+    mean thinking and completion length. Returns {"tasks": {task: {...}}, "overall": {...},
+    "examples": [(prompt, completion, correct), ...] (a few, for text dumps)}."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    think_id, end_think_id = tok.encode("<think>")[0], tok.encode("</think>")[0]
+    stop = [tok.encode("</answer>")]
+    per_task = defaultdict(lambda: defaultdict(list))
+    examples = []
+    chunk = max(1, batch_rows // k)
+    for i in range(0, len(problems), chunk):
+        batch = problems[i:i + chunk]
+        ids = [tok.encode(prompt(p), bos=True) for p in batch]
+        out = generate(model, ids, num_samples=k, max_new_tokens=max_new_tokens, temperature=temperature,
+                       top_p=top_p, eos_id=tok.eos_id, pad_id=tok.pad_id, stop_sequences=stop, generator=gen)
+        greedy_out = generate(model, ids, num_samples=1, max_new_tokens=max_new_tokens, temperature=0.0,
+                              eos_id=tok.eos_id, pad_id=tok.pad_id, stop_sequences=stop) if greedy else None
+        for j, p in enumerate(batch):
+            m = per_task[p.task]
+            correct, answers = [], []
+            for s in range(k):
+                row = j * k + s
+                gen_ids = out.tokens[row][out.mask[row]].tolist()
+                text = tok.decode(gen_ids)
+                correct.append(score(p, text))
+                answers.append(rewards.extract_answer(text))
+                m["format"].append(rewards.format_reward(text))
+                m["think_len"].append(thinking_tokens(gen_ids, think_id, end_think_id))
+                m["len"].append(len(gen_ids))
+                m["truncated"].append(float(out.truncated[row]))
+                if s == 0 and len(examples) < 8:
+                    examples.append((prompt(p), text, correct[-1]))
+            m["pass@1"].append(sum(correct) / k)
+            m[f"pass@{k}"].append(pass_at_k(k, int(sum(correct)), k))
+            winner = majority_vote(answers)
+            m[f"cons@{k}"].append(0.0 if winner is None else correct[winner])
+            if greedy_out is not None:
+                g_ids = greedy_out.tokens[j][greedy_out.mask[j]].tolist()
+                m["greedy"].append(score(p, tok.decode(g_ids)))
+    if was_training:
+        model.train()
+    mean = lambda xs: sum(xs) / max(len(xs), 1)  # noqa: E731
+    tasks = {t: {key: mean(v) for key, v in m.items()} | {"n": len(m["pass@1"])} for t, m in per_task.items()}
+    overall = {key: mean([tasks[t][key] for t in tasks]) for key in next(iter(tasks.values())) if key != "n"}
+    return {"tasks": tasks, "overall": overall, "examples": examples, "k": k}
+
+
+def format_table(rows: dict[str, dict], keys: list[str]) -> str:
+    """A plain-text table: one row per name, one column per key (percentages for rates)."""
+    head = f"{'':<18}" + "".join(f"{k:>11}" for k in keys)
+    lines = [head]
+    for name, r in rows.items():
+        cells = []
+        for k in keys:
+            v = r.get(k)
+            cells.append(f"{'-':>11}" if v is None else (f"{100 * v:>10.1f}%" if "len" not in k else f"{v:>11.1f}"))
+        lines.append(f"{name:<18}" + "".join(cells))
+    return "\n".join(lines)

@@ -1,0 +1,301 @@
+"""r1: DeepSeek-R1 from scratch, small enough to read. The entry point.
+
+    python r1.py                      the whole R1-Zero story on the tiny config (tokenizer, base
+                                      model, base eval, GRPO, eval again, table, report.md, plots)
+    python r1.py pretrain --run runs/base           pre-train a base model (train.py)
+    python r1.py sft --data F.jsonl --init runs/base --run runs/sft   supervised fine-tuning
+    python r1.py grpo --init runs/base --run runs/zero              R1-Zero RL from a base (train_grpo.py)
+    python r1.py eval runs/zero                     R1's evaluation protocol (evaluate.py)
+    python r1.py sample runs/zero --task add        print a few completions
+    python r1.py plot runs/zero                     redraw a run's plots
+    python r1.py params --preset deepseek-v3-671b   parameter and KV-cache counts (meta device)
+    python r1.py bench                              throughput and MFU (bench.py)
+
+Every stage writes a run directory (runs.py). Bad input ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from runs import R1Error
+
+
+# --------------------------------------------------------------------------------------------
+# argparse from dataclasses: each config field becomes --field-name (one source of truth)
+# --------------------------------------------------------------------------------------------
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls, skip=()):
+    group = parser.add_argument_group(f"{cls.__name__} (defaults shown)")
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            group.add_argument(flag, type=_bool, default=None, metavar="BOOL", help=f"default {default}")
+        elif isinstance(default, tuple):
+            group.add_argument(flag, type=lambda s: tuple(x for x in s.split(",") if x), default=None,
+                               metavar="A,B", help=f"default {','.join(default)}")
+        elif default is None:
+            group.add_argument(flag, type=int, default=None, help="default: per task")
+        else:
+            group.add_argument(flag, type=type(default), default=None, help=f"default {default}")
+
+
+def _bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+
+
+def config_from_args(cls, args, **fixed):
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+              if getattr(args, f.name, None) is not None}
+    try:
+        return cls(**(values | fixed))
+    except ValueError as e:
+        raise R1Error(str(e)) from None
+
+
+def add_run_args(p, default_run: str | None):
+    p.add_argument("--run", default=default_run, help="run directory (default %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing run directory and start again")
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda or mps")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_pretrain(args):
+    from data import check_task, default_tokenizer
+    from model import preset
+    from runs import pick_device, prepare_run_dir
+    from train import TrainConfig, check_resume_config, pretrain_batches, save_run_files, train_lm, load_run
+    from model import build_model
+
+    cfg = config_from_args(TrainConfig, args)
+    for t in cfg.tasks:
+        _value_error(check_task, t)
+    device = pick_device(args.device)
+    tok = default_tokenizer()
+    model_cfg = _value_error(preset, args.preset, vocab_size=tok.vocab_size)
+    run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite)
+    state = None
+    if args.resume:
+        check_resume_config(run, model_cfg, dataclasses.asdict(cfg), "pretrain")
+        model, tok, state = load_run(run, device)
+    else:
+        save_run_files(run, model_cfg, tok, "pretrain", dataclasses.asdict(cfg), {"preset": args.preset})
+        model = build_model(model_cfg, device=device, seed=cfg.seed)
+    _print_config(model_cfg, cfg, run, args.quiet)
+    last = train_lm(run, model, tok, cfg, pretrain_batches(cfg), device, state, quiet=args.quiet)
+    print(f"done: {run} (step {last.get('step')}, loss {last.get('loss', float('nan')):.4f})")
+
+
+def cmd_sft(args):
+    from runs import pick_device, prepare_run_dir
+    from train import TrainConfig, check_resume_config, load_run, read_jsonl, save_run_files, sft_batches, train_lm
+
+    cfg = config_from_args(TrainConfig, args, completion_only=True)
+    pairs = read_jsonl(args.data)
+    device = pick_device(args.device)
+    if args.run is None:
+        args.run = str(Path(args.init).parent / (Path(args.init).name + "-sft"))
+    if Path(args.run).resolve() == Path(args.init).resolve():
+        raise R1Error("--run must differ from --init: SFT writes a new run and never overwrites its start point")
+    model, tok, _ = load_run(args.init, device)
+    for i, (p, c) in enumerate(pairs, start=1):
+        try:
+            tok.encode(p + c)
+        except ValueError as e:
+            raise R1Error(f"{args.data}:{i}: {e}") from None
+    run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite)
+    state = None
+    if args.resume:
+        check_resume_config(run, model.cfg, dataclasses.asdict(cfg), "sft")
+        model, tok, state = load_run(run, device)
+    else:
+        save_run_files(run, model.cfg, tok, "sft", dataclasses.asdict(cfg), {"init": str(args.init), "data": str(args.data)})
+    _print_config(model.cfg, cfg, run, args.quiet)
+    last = train_lm(run, model, tok, cfg, sft_batches(pairs, cfg), device, state, quiet=args.quiet, stage="sft")
+    print(f"done: {run} (step {last.get('step')}, loss {last.get('loss', float('nan')):.4f})")
+
+
+def cmd_eval(args):
+    import json
+
+    from data import eval_set
+    from evaluate import evaluate, format_table
+    from runs import pick_device
+    from train import load_run
+
+    _positive(k=args.k, n=args.n)
+    device = pick_device(args.device)
+    model, tok, _ = load_run(args.run, device)
+    tasks = _tasks(args.tasks)
+    res = evaluate(model, tok, [p for t in tasks for p in eval_set(t, args.n)], k=args.k,
+                   temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    keys = ["pass@1", f"cons@{args.k}", f"pass@{args.k}", "greedy", "format", "think_len"]
+    print(format_table(res["tasks"] | {"overall": res["overall"]}, keys))
+    out = Path(args.run) / "eval.json" if args.json is None else Path(args.json)
+    out.write_text(json.dumps({k: v for k, v in res.items() if k != "examples"}, indent=2))
+    print(f"wrote {out}")
+
+
+def cmd_sample(args):
+    import torch
+
+    from data import eval_set, prompt
+    from runs import pick_device
+    from sampler import generate
+    from train import load_run
+    import rewards
+
+    _positive(n=args.n)
+    device = pick_device(args.device)
+    model, tok, _ = load_run(args.run, device)
+    problems = eval_set(_tasks(args.task)[0], args.n)
+    ids = [tok.encode(prompt(p), bos=True) for p in problems]
+    out = generate(model, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                   eos_id=tok.eos_id, pad_id=tok.pad_id, stop_sequences=[tok.encode("</answer>")],
+                   generator=torch.Generator(device=device).manual_seed(args.seed))
+    for i, p in enumerate(problems):
+        text = tok.decode(out.tokens[i][out.mask[i]].tolist())
+        acc = rewards.accuracy_reward(text, p.answer, p.numbers or None)
+        print(f"{p.question}  ->  {text}   [{'right' if acc else 'wrong'}, answer {p.answer}]")
+
+
+def cmd_params(args):
+    from model import count_params, preset
+
+    cfg = _value_error(preset, args.preset)
+    c = count_params(cfg)
+    print(f"preset {args.preset}")
+    print(f"  total parameters        {c['total'] / 1e9:10.3f} B   ({c['total']:,})")
+    print(f"  activated per token     {c['activated'] / 1e9:10.3f} B")
+    print(f"  MTP modules (unique)    {c['mtp'] / 1e9:10.3f} B   (embedding and head shared)")
+    print(f"  embedding / head        {c['embedding'] / 1e9:10.3f} B each")
+    print(f"  MLA KV cache per token  {c['kv_cache_bytes_bf16']:,} bytes in bf16 "
+          f"(a per-head K/V cache would take {c['naive_kv_cache_bytes_bf16']:,})")
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _value_error(fn, *a, **kw):
+    try:
+        return fn(*a, **kw)
+    except ValueError as e:
+        raise R1Error(str(e)) from None
+
+
+def _positive(**values):
+    for name, v in values.items():
+        if v <= 0:
+            raise R1Error(f"--{name} must be > 0, got {v}")
+
+
+def _tasks(spec: str) -> list[str]:
+    from data import check_task
+    tasks = [t for t in spec.split(",") if t]
+    for t in tasks:
+        _value_error(check_task, t)
+    if not tasks:
+        raise R1Error("no task given")
+    return tasks
+
+
+def _print_config(model_cfg, stage_cfg, run, quiet):
+    if quiet:
+        return
+    from model import count_params
+    c = count_params(model_cfg)
+    print(f"run {run}: {c['total'] / 1e6:.2f}M params ({c['activated'] / 1e6:.2f}M activated, "
+          f"{c['mtp'] / 1e6:.2f}M MTP)")
+    print("  model: " + ", ".join(f"{k}={v}" for k, v in model_cfg.to_dict().items()))
+    print("  stage: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(stage_cfg).items()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from model import PRESETS
+    from train import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="r1.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("pretrain", help="pre-train a base model on the task corpus")
+    add_run_args(p, "runs/base")
+    p.add_argument("--preset", default="tiny", help=f"model size: {', '.join(PRESETS)}")
+    add_config_args(p, TrainConfig, skip=("completion_only",))
+    p.set_defaults(fn=cmd_pretrain)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on prompt/completion JSONL (loss on completions)")
+    add_run_args(p, None)
+    p.add_argument("--data", required=True, help="JSONL file, one {\"prompt\": ..., \"completion\": ...} a line")
+    p.add_argument("--init", required=True, help="run directory to start from")
+    add_config_args(p, TrainConfig, skip=("completion_only", "tasks", "long_frac", "short_frac",
+                                          "mistake_rate", "difficulty"))
+    p.set_defaults(fn=cmd_sft)
+
+    p = sub.add_parser("eval", help="R1's evaluation protocol on the held-out sets")
+    p.add_argument("run")
+    p.add_argument("--k", type=int, default=8, help="samples per problem (default 8)")
+    p.add_argument("--n", type=int, default=100, help="held-out problems per task (default 100)")
+    p.add_argument("--tasks", default="add", help="comma-separated tasks (default add)")
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="where to write the results (default RUN/eval.json)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("sample", help="print completions of held-out problems")
+    p.add_argument("run")
+    p.add_argument("--task", default="add")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("params", help="parameter counts and KV-cache size of a preset (meta device)")
+    p.add_argument("--preset", default="deepseek-v3-671b", help=f"one of {', '.join(PRESETS)}")
+    p.set_defaults(fn=cmd_params)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["zero"] + (argv or []))  # `python r1.py` = the R1-Zero story
+    try:
+        args.fn(args)
+    except R1Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the last complete checkpoint is kept; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

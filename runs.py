@@ -1,0 +1,212 @@
+"""Run directories, atomic checkpoints, metrics and progress: what every stage of r1.py shares.
+
+A run directory holds everything needed to see and resume what happened:
+
+    runs/NAME/
+        config.json       the resolved configs (model, stage) and the stage name
+        tokenizer.json    the tokenizer the model was trained with
+        ckpt/step_000400.pt  checkpoints: model, optimizer, RNG states, step, config
+        ckpt/latest       the name of the newest complete checkpoint (updated last)
+        metrics.jsonl     one JSON object per logged step or evaluation
+        samples.txt       text dumps of prompts, completions and rewards
+
+Checkpoints are written to a temporary file, flushed to disk and renamed over the target, and
+the `latest` pointer is replaced the same way only afterwards: a crash at any moment leaves the
+previous checkpoint loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class R1Error(Exception):
+    """A user-facing error: r1.py prints its message on one line and exits with code 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# Device
+# --------------------------------------------------------------------------------------------
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu; or the device named by --device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cpu", "cuda", "mps"):
+        raise R1Error(f"--device {name!r}: choose auto, cpu, cuda or mps")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise R1Error("--device cuda: no CUDA device is available here; use --device cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise R1Error("--device mps: MPS is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; fp32 elsewhere (bf16 is slower than fp32 for small CPU models)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Run directory
+# --------------------------------------------------------------------------------------------
+
+
+def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
+    """Create a new run directory, or accept an existing one only with --resume / --overwrite."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        if resume:
+            return path
+        if not overwrite:
+            raise R1Error(f"run directory {path} already exists: pass --resume to continue it, "
+                          f"--overwrite to start again, or choose another --run")
+        for p in sorted(path.rglob("*"), reverse=True):  # start again, but only inside this run dir
+            p.unlink() if p.is_file() or p.is_symlink() else p.rmdir()
+    elif resume:
+        raise R1Error(f"--resume: run directory {path} does not exist (nothing to resume)")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise R1Error(f"{path} is missing: is this a run directory made by r1.py?") from None
+    except json.JSONDecodeError as e:
+        raise R1Error(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): the file is corrupt") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run: Path, step: int, state: dict, keep: int = 2) -> Path:
+    """Write ckpt/step_NNNNNN.pt atomically, then point ckpt/latest at it; keep the newest `keep`."""
+    ckdir = run / "ckpt"
+    ckdir.mkdir(exist_ok=True)
+    name = f"step_{step:06d}.pt"
+    tmp = ckdir / (name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, ckdir / name)
+    latest_tmp = ckdir / "latest.tmp"
+    latest_tmp.write_text(name)
+    os.replace(latest_tmp, ckdir / "latest")  # only now does the new checkpoint count
+    for old in sorted(ckdir.glob("step_*.pt"))[:-keep]:
+        old.unlink()
+    return ckdir / name
+
+
+def load_checkpoint(run: str | Path, map_location="cpu") -> dict:
+    """The newest complete checkpoint of a run; R1Error (one line) if missing or corrupt."""
+    run = Path(run)
+    if not run.is_dir():
+        raise R1Error(f"run directory {run} does not exist")
+    latest = run / "ckpt" / "latest"
+    if not latest.exists():
+        raise R1Error(f"{run} has no checkpoint (no ckpt/latest): train it first or pick another run")
+    path = run / "ckpt" / latest.read_text().strip()
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise R1Error(f"{latest} points at {path.name}, which is missing: the run directory is damaged") from None
+    except Exception as e:  # torch raises many types for a damaged file; all mean the same to the user
+        raise R1Error(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}): "
+                      f"delete it and point ckpt/latest at an older one, or retrain") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise R1Error(f"checkpoint {path} is not an r1.py checkpoint (no model/config)")
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics and progress
+# --------------------------------------------------------------------------------------------
+
+
+class Metrics:
+    """Appends one JSON object per line to metrics.jsonl."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def log(self, **row):
+        row = {k: (float(v) if isinstance(v, (np.floating, torch.Tensor)) else v) for k, v in row.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+class Progress:
+    """A live progress line (rewritten in place on a terminal, one line every `every` steps when
+    the output is a file or a pipe): step/total, the given fields, and the ETA."""
+
+    def __init__(self, total: int, label: str, start_step: int = 0, every: int = 50, quiet: bool = False):
+        self.total, self.label, self.start_step, self.every, self.quiet = total, label, start_step, every, quiet
+        self.t0 = time.perf_counter()
+        self.tty = sys.stdout.isatty()
+
+    def update(self, step: int, **fields):
+        if self.quiet:
+            return
+        done = step - self.start_step
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / max(done, 1) * (self.total - step)
+        parts = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
+        line = f"{self.label} {step}/{self.total} {parts} | {elapsed:.0f}s elapsed, eta {eta:.0f}s"
+        if self.tty:
+            print("\r" + line + "\033[K", end="" if step < self.total else "\n", flush=True)
+        elif step % self.every == 0 or step == self.total:
+            print(line, flush=True)
+
+    def message(self, text: str):
+        if not self.quiet:
+            print(("\n" if self.tty else "") + text, flush=True)

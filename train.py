@@ -1,0 +1,278 @@
+"""Pre-training and supervised fine-tuning: the stage that makes a base model (V3 §4.1-4.2 in
+miniature) and, with a loss on completion tokens only, any SFT model (R1 §2.3, cold start and
+rejection-sampling SFT).
+
+The loss is V3's: next-token cross-entropy + lambda/D * sum of the MTP depths' losses + the tiny
+sequence-wise balance loss. AdamW (beta2 0.95, weight decay 0.1 as in V3), linear warm-up then cosine
+decay to min_lr_frac * lr, gradient clipping at 1.0, and the aux-loss-free MoE bias update after
+every optimizer step from that step's expert loads.
+
+Resume is exact: every batch is a pure function of (seed, step), and a checkpoint holds the model,
+the optimizer, the RNG states and the step, so N steps + resume + N steps == 2N steps, bit for bit.
+
+    python r1.py pretrain --run runs/base --steps 1200
+    python r1.py sft --data cold_start.jsonl --init runs/base --run runs/dev1
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from data import Tokenizer, build_corpus, completion, eval_set, prompt
+from evaluate import evaluate
+from model import ModelConfig, Transformer, build_model
+from runs import (Metrics, Progress, R1Error, autocast, load_checkpoint, read_json, rng_state, save_checkpoint,
+                  seed_everything, set_rng_state, write_json_atomic)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1200
+    batch_size: int = 64
+    lr: float = 3e-3
+    min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
+    warmup: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 0
+    tasks: tuple[str, ...] = ("add",)
+    # the corpus mix (data/corpus.py): LONG / SHORT / the rest GRADED
+    long_frac: float = 0.4
+    short_frac: float = 0.3
+    mistake_rate: float = 0.0
+    difficulty: int | None = None  # None = each task's default
+    eval_every: int = 300  # held-out loss and greedy accuracy every N steps (0 = only at the end)
+    eval_n: int = 100  # held-out problems per task for those evaluations
+    ckpt_every: int = 300
+    completion_only: bool = False  # SFT: loss on completion tokens only
+
+    def __post_init__(self):
+        if self.steps <= 0:
+            raise R1Error(f"--steps must be > 0, got {self.steps}")
+        if self.batch_size <= 0:
+            raise R1Error(f"--batch-size must be > 0, got {self.batch_size}")
+        if not self.lr > 0:
+            raise R1Error(f"--lr must be > 0, got {self.lr}")
+        if self.warmup < 0 or self.eval_every < 0 or self.ckpt_every < 0 or self.eval_n <= 0:
+            raise R1Error("--warmup, --eval-every, --ckpt-every must be >= 0 and --eval-n > 0")
+        self.tasks = tuple(self.tasks)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over `warmup` steps, then cosine from lr to lr * min_lr_frac."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on norms (1-d tensors), as is usual."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def collate(pairs: list[tuple[str, str]], tok: Tokenizer, max_len: int, completion_only: bool):
+    """(prompt, completion) pairs -> tokens [B, T], targets [B, T] (right-padded, -100 = no loss).
+
+    Each example is <bos> prompt completion <eos>; with completion_only the prompt's targets are -100.
+    """
+    rows, tgts = [], []
+    for p, c in pairs:
+        p_ids = tok.encode(p, bos=True)
+        full = p_ids + tok.encode(c, eos=True)
+        if len(full) - 1 > max_len:
+            raise R1Error(f"an example is {len(full) - 1} tokens, longer than the model's max_seq_len {max_len}: "
+                          f"raise max_seq_len or shorten the data")
+        t = full[1:]
+        if completion_only:
+            t = [-100] * (len(p_ids) - 1) + t[len(p_ids) - 1:]
+        rows.append(full[:-1])
+        tgts.append(t)
+    T = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), T), -100, dtype=torch.long)
+    for i, (r, t) in enumerate(zip(rows, tgts)):
+        tokens[i, :len(r)] = torch.tensor(r)
+        targets[i, :len(t)] = torch.tensor(t)
+    return tokens, targets
+
+
+def pretrain_batches(cfg: TrainConfig) -> Callable[[int], list[tuple[str, str]]]:
+    """Step -> that step's batch of (prompt, completion) pairs, a pure function of (seed, step)."""
+    def batch(step: int):
+        return build_corpus(cfg.batch_size, tasks=cfg.tasks, seed=cfg.seed * 1_000_003 + step,
+                            long_frac=cfg.long_frac, short_frac=cfg.short_frac,
+                            mistake_rate=cfg.mistake_rate, difficulty=cfg.difficulty)
+    return batch
+
+
+def sft_batches(pairs: list[tuple[str, str]], cfg: TrainConfig) -> Callable[[int], list[tuple[str, str]]]:
+    """Step -> a batch of the SFT set: epochs of a permutation fixed by (seed, epoch)."""
+    n = len(pairs)
+
+    def batch(step: int):
+        out = []
+        for i in range(step * cfg.batch_size, (step + 1) * cfg.batch_size):
+            epoch, j = divmod(i, n)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+            out.append(pairs[perm[j]])
+        return out
+    return batch
+
+
+def read_jsonl(path: str | Path) -> list[tuple[str, str]]:
+    """prompt/completion pairs from a JSONL file; a malformed line is an R1Error naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise R1Error(f"--data {path}: no such file")
+    pairs = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise R1Error(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not (isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str)):
+            raise R1Error(f"{path}:{n}: each line needs string fields 'prompt' and 'completion'")
+        pairs.append((row["prompt"], row["completion"]))
+    if not pairs:
+        raise R1Error(f"--data {path}: the file holds no examples")
+    return pairs
+
+
+@torch.no_grad()
+def heldout_loss(model: Transformer, tok: Tokenizer, tasks, n: int, device) -> float:
+    """Main next-token loss on LONG worked solutions of held-out problems (completion tokens only)."""
+    model.eval()
+    pairs = [(prompt(p), completion(p)) for t in tasks for p in eval_set(t, n)]
+    tokens, targets = collate(pairs, tok, model.cfg.max_seq_len, completion_only=True)
+    with autocast(device):
+        loss = model(tokens.to(device), targets.to(device))["main"].item()
+    model.train()
+    return loss
+
+
+def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, batches, device,
+             state: dict | None = None, quiet: bool = False, stage: str = "pretrain") -> dict:
+    """The pre-training / SFT loop. `state` is a checkpoint to resume from (optimizer, step, RNG).
+
+    Order of one step: batch -> forward (losses) -> backward -> clip -> AdamW step -> MoE bias update
+    -> log -> eval -> checkpoint.
+    """
+    metrics = Metrics(run / "metrics.jsonl")
+    opt = make_optimizer(model, cfg)
+    start = 0
+    if state is not None and state.get("stage") == stage and "optimizer" in state:
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start = state["step"]
+    else:
+        seed_everything(cfg.seed)
+    model.train()
+    progress = Progress(cfg.steps, stage, start_step=start, quiet=quiet)
+    t0, tokens_seen, last = time.perf_counter(), 0, {}
+    for step in range(start, cfg.steps):
+        # 1. batch (a pure function of the step, so resume needs no data state)
+        tokens, targets = collate(batches(step), tok, model.cfg.max_seq_len, cfg.completion_only)
+        tokens, targets = tokens.to(device), targets.to(device)
+        # 2. forward and backward
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        model.reset_expert_load()
+        with autocast(device):
+            out = model(tokens, targets)
+        if not torch.isfinite(out["total"]):
+            raise R1Error(f"{stage} step {step}: the loss is {out['total'].item()}; lower --lr (now {cfg.lr})")
+        out["total"].backward()
+        # 3. clip, step, and the aux-loss-free bias update from this step's loads
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        model.update_biases()
+        # 4. log
+        tokens_seen += int((targets != -100).sum())
+        tps = tokens_seen / (time.perf_counter() - t0)
+        load = model.expert_load()
+        imbalance = float((load.max(1).values / load.mean(1).clamp(min=1)).mean()) if load.numel() else 1.0
+        last = {"step": step + 1, "loss": out["main"].item(), "mtp": [l.item() for l in out["mtp"]],
+                "balance": out["balance"].item(), "lr": lr_at(step, cfg), "grad_norm": float(gnorm),
+                "load_max_over_mean": imbalance, "tokens_per_s": tps}
+        metrics.log(stage=stage, **last)
+        progress.update(step + 1, loss=last["loss"], tok_s=int(tps))
+        # 5. eval and checkpoint
+        done = step + 1 == cfg.steps
+        if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or done:
+            ev = {"heldout_loss": heldout_loss(model, tok, cfg.tasks, cfg.eval_n, device)}
+            res = evaluate(model, tok, [p for t in cfg.tasks for p in eval_set(t, cfg.eval_n)], k=1,
+                           temperature=0.0, greedy=False)
+            ev |= {f"greedy_{t}": r["pass@1"] for t, r in res["tasks"].items()}
+            metrics.log(stage=stage, step=step + 1, eval=ev)
+            progress.message(f"  eval @ {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
+            last |= ev
+        if (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0) or done:
+            save_checkpoint(run, step + 1, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                            "rng": rng_state(), "step": step + 1, "stage": stage,
+                                            "config": model.cfg.to_dict(), "train": asdict(cfg)})
+    return last
+
+
+# --------------------------------------------------------------------------------------------
+# Loading a trained run (used by sft, grpo, eval, sample)
+# --------------------------------------------------------------------------------------------
+
+
+def load_run(run: str | Path, device="cpu") -> tuple[Transformer, Tokenizer, dict]:
+    """Model (weights of the newest checkpoint), tokenizer and checkpoint state of a run directory;
+    R1Error when anything is missing, corrupt or inconsistent."""
+    run = Path(run)
+    state = load_checkpoint(run)
+    tok_path = run / "tokenizer.json"
+    if not tok_path.is_file():
+        raise R1Error(f"{run} has no tokenizer.json: the run directory is incomplete")
+    try:
+        tok = Tokenizer.load(tok_path)
+    except Exception as e:  # the tokenizers library raises its own exception types for bad JSON
+        raise R1Error(f"{tok_path} is corrupt ({type(e).__name__}): copy it from a good run") from None
+    try:
+        cfg = ModelConfig.from_dict(state["config"])
+    except (ValueError, TypeError) as e:
+        raise R1Error(f"the checkpoint's model config is invalid: {e}") from None
+    if cfg.vocab_size != tok.vocab_size:
+        raise R1Error(f"config/tokenizer mismatch in {run}: the model has vocab_size {cfg.vocab_size} but "
+                      f"tokenizer.json has {tok.vocab_size} tokens; use the tokenizer the run was trained with")
+    model = build_model(cfg, device=device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise R1Error(f"the checkpoint's weights do not fit its config ({str(e).splitlines()[0]})") from None
+    return model, tok, state
+
+
+def save_run_files(run: Path, model_cfg: ModelConfig, tok: Tokenizer, stage: str, stage_cfg: dict, extra=None):
+    """config.json (resolved configs) and tokenizer.json at the top of a run directory."""
+    tok.save(run / "tokenizer.json")
+    write_json_atomic(run / "config.json", {"stage": stage, "model": model_cfg.to_dict(), stage: stage_cfg,
+                                            **(extra or {})})
+
+
+def check_resume_config(run: Path, model_cfg: ModelConfig, stage_cfg: dict, stage: str):
+    """On --resume, the stored configs must equal the ones asked for: otherwise the run would
+    silently continue as something else."""
+    stored = read_json(run / "config.json")
+    if stored.get("model") != model_cfg.to_dict() or stored.get(stage) != json.loads(json.dumps(stage_cfg)):
+        raise R1Error(f"--resume: the options differ from those {run} was started with (see its config.json); "
+                      f"resume with the same options or start a new --run")
