@@ -17,7 +17,7 @@ from collections import defaultdict
 import torch
 
 import rewards
-from data import Problem, prompt
+from data import Problem, completion, prompt
 from sampler import generate
 
 
@@ -84,6 +84,8 @@ def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: fl
                               eos_id=tok.eos_id, pad_id=tok.pad_id, stop_sequences=stop) if greedy else None
         for j, p in enumerate(batch):
             m = per_task[p.task]
+            # thinking as long as the worked solution's: the "long mode" of the base model
+            gold_think = thinking_tokens(tok.encode(completion(p)), think_id, end_think_id)
             correct, answers = [], []
             for s in range(k):
                 row = j * k + s
@@ -93,6 +95,11 @@ def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: fl
                 answers.append(rewards.extract_answer(text))
                 m["format"].append(rewards.format_reward(text))
                 m["think_len"].append(thinking_tokens(gen_ids, think_id, end_think_id))
+                full = m["think_len"][-1] >= gold_think
+                m["full_think"].append(float(full))
+                (m["acc_full_think"] if full else m["acc_part_think"]).append(correct[-1])
+                if m["think_len"][-1] == 0:
+                    m["acc_no_think"].append(correct[-1])
                 m["len"].append(len(gen_ids))
                 m["truncated"].append(float(out.truncated[row]))
                 if s == 0 and len(examples) < 8:
@@ -107,8 +114,12 @@ def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: fl
     if was_training:
         model.train()
     mean = lambda xs: sum(xs) / max(len(xs), 1)  # noqa: E731
-    tasks = {t: {key: mean(v) for key, v in m.items()} | {"n": len(m["pass@1"])} for t, m in per_task.items()}
-    overall = {key: mean([tasks[t][key] for t in tasks]) for key in next(iter(tasks.values())) if key != "n"}
+    # a rate over no samples (say, accuracy without thinking when the model always thinks) is None
+    tasks = {t: {key: (mean(v) if v else None) for key, v in m.items()} | {"n": len(m["pass@1"])}
+             for t, m in per_task.items()}
+    keys = {key for t in tasks.values() for key in t if key != "n"}
+    overall = {key: (mean(vals) if (vals := [t[key] for t in tasks.values() if t.get(key) is not None]) else None)
+               for key in sorted(keys)}
     return {"tasks": tasks, "overall": overall, "examples": examples, "k": k}
 
 

@@ -176,6 +176,152 @@ def cmd_sample(args):
         print(f"{p.question}  ->  {text}   [{'right' if acc else 'wrong'}, answer {p.answer}]")
 
 
+def cmd_grpo(args):
+    from runs import pick_device, prepare_run_dir
+    from train import check_resume_config, load_run, save_run_files
+    from train_grpo import GRPOConfig, train_grpo
+
+    cfg = config_from_args(GRPOConfig, args)
+    for t in cfg.tasks:
+        _value_error(__import__("data").check_task, t)
+    device = pick_device(args.device)
+    if args.run is None:
+        args.run = str(Path(args.init).parent / (Path(args.init).name + "-grpo"))
+    if Path(args.run).resolve() == Path(args.init).resolve():
+        raise R1Error("--run must differ from --init: GRPO writes a new run and never overwrites its start point")
+    model, tok, _ = load_run(args.init, device)
+    run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite)
+    state = None
+    if args.resume:
+        check_resume_config(run, model.cfg, dataclasses.asdict(cfg), "grpo")
+        model, tok, state = load_run(run, device)
+    else:
+        save_run_files(run, model.cfg, tok, "grpo", dataclasses.asdict(cfg), {"init": str(args.init)})
+    _print_config(model.cfg, cfg, run, args.quiet)
+    last = train_grpo(run, model, tok, cfg, device, state, quiet=args.quiet)
+    print(f"done: {run} (step {last.get('step')}, reward {last.get('reward', float('nan')):.3f})")
+
+
+def cmd_zero(args):
+    """The R1-Zero story: tokenizer -> base model -> base eval and check -> GRPO -> eval -> report."""
+    import json
+    import time
+
+    from data import default_tokenizer, eval_set
+    from evaluate import evaluate, format_table
+    from model import build_model, preset
+    from report import plot_run
+    from runs import load_checkpoint, pick_device, prepare_run_dir
+    from train import TrainConfig, load_run, pretrain_batches, save_run_files, train_lm
+    from train_grpo import GRPOConfig, train_grpo
+
+    t_start = time.perf_counter()
+    device = pick_device(args.device)
+    smoke = args.smoke
+    pre = TrainConfig(seed=args.seed, **({"steps": 30, "eval_every": 0, "eval_n": 8, "ckpt_every": 0} if smoke else {}))
+    rl = GRPOConfig(seed=args.seed, **({"steps": 3, "prompts_per_step": 4, "num_generations": 4, "eval_every": 0,
+                                        "eval_n": 8, "eval_k": 2, "ckpt_every": 0} if smoke else {}))
+    k, n = (2, 8) if smoke else (args.k, args.n)
+    run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite)
+    base_dir, rl_dir = run / "base", run / "rl"
+    tok = default_tokenizer()
+
+    # 1. the base model (pre-training on the task corpus; resumed or skipped if already there)
+    print(f"== 1/4 pre-training the base model ({pre.steps} steps) -> {base_dir}")
+    done = (base_dir / "ckpt" / "latest").exists() and load_checkpoint(base_dir)["step"] >= pre.steps
+    if not done:
+        state = None
+        if (base_dir / "ckpt" / "latest").exists():
+            model, tok, state = load_run(base_dir, device)
+        else:
+            base_dir.mkdir(parents=True, exist_ok=True)
+            model_cfg = _value_error(preset, args.preset, vocab_size=tok.vocab_size)
+            save_run_files(base_dir, model_cfg, tok, "pretrain", dataclasses.asdict(pre), {"preset": args.preset})
+            model = build_model(model_cfg, device=device, seed=args.seed)
+        train_lm(base_dir, model, tok, pre, pretrain_batches(pre), device, state, quiet=args.quiet)
+    model, tok, _ = load_run(base_dir, device)
+    problems = [p for t in rl.tasks for p in eval_set(t, n)]
+
+    # 2. evaluate the base, and check that RL has something to work with
+    print(f"== 2/4 evaluating the base model ({n} held-out problems x {k} samples, T=0.6, top-p 0.95)")
+    base = evaluate(model, tok, problems, k=k, max_new_tokens=rl.max_completion_length, seed=args.seed)
+    print(format_table(base["tasks"], TABLE_KEYS(k)))
+    problem = base_not_ready(base["overall"])
+    if problem and not smoke and not args.skip_base_check:
+        raise R1Error(f"the base model is not ready for RL: {problem}. Pre-train longer or with another "
+                      f"--seed (see README, FAQ), or pass --skip-base-check to run RL anyway")
+
+    # 3. GRPO from the base
+    print(f"== 3/4 GRPO ({rl.steps} steps x {rl.prompts_per_step} prompts x {rl.num_generations} samples) -> {rl_dir}")
+    state = None
+    if (rl_dir / "ckpt" / "latest").exists():
+        model, tok, state = load_run(rl_dir, device)
+    else:
+        rl_dir.mkdir(parents=True, exist_ok=True)
+        save_run_files(rl_dir, model.cfg, tok, "grpo", dataclasses.asdict(rl), {"init": str(base_dir)})
+    if state is None or state["step"] < rl.steps:
+        train_grpo(rl_dir, model, tok, rl, device, state, quiet=args.quiet)
+    model, tok, _ = load_run(rl_dir, device)
+
+    # 4. evaluate again, then the table, report.md and the plots
+    print(f"== 4/4 evaluating after GRPO")
+    after = evaluate(model, tok, problems, k=k, max_new_tokens=rl.max_completion_length, seed=args.seed)
+    rows = {f"base {t}": r for t, r in base["tasks"].items()} | {f"R1-Zero {t}": r for t, r in after["tasks"].items()}
+    table = format_table(rows, TABLE_KEYS(k))
+    print(table)
+    plots = plot_run(run, base_eval={t: r["pass@1"] for t, r in base["tasks"].items()})
+    wall = time.perf_counter() - t_start
+    summary = {"seed": args.seed, "wall_s": wall, "base": base["tasks"], "r1_zero": after["tasks"],
+               "pretrain": dataclasses.asdict(pre), "grpo": dataclasses.asdict(rl)}
+    (run / "results.json").write_text(json.dumps(summary, indent=2))
+    write_report(run, table, base, after, wall, plots)
+    print(f"wrote {run / 'report.md'}, {run / 'results.json'} and {', '.join(str(p) for p in plots)} "
+          f"({wall:.0f} s in all)")
+
+
+def TABLE_KEYS(k):  # noqa: N802 (a constant that depends on k)
+    return ["pass@1", f"cons@{k}", "format", "think_len", "len", "full_think"]
+
+
+def base_not_ready(overall: dict) -> str | None:
+    """Why RL would show nothing on this base (NOTES.md, "What a prototype showed"), or None.
+
+    The base must (a) be right most of the time when it thinks as long as the worked solutions,
+    (b) choose to think that long at least sometimes, and (c) leave room to improve."""
+    acc_full, rate, p1 = overall.get("acc_full_think"), overall.get("full_think"), overall.get("pass@1")
+    if acc_full is None or acc_full < 0.6:
+        return f"when it thinks fully it is right only {100 * (acc_full or 0):.0f}% of the time (need >= 60%)"
+    if rate < 0.05:
+        return f"it thinks fully in only {100 * rate:.0f}% of samples (need >= 5%)"
+    if p1 > 0.85:
+        return f"its pass@1 is already {100 * p1:.0f}%: nothing left for RL to show"
+    return None
+
+
+def write_report(run, table, base, after, wall, plots):
+    ex = "\n".join(f"    {p.splitlines()[-2]}\n    Assistant:{c}   [{'right' if ok else 'wrong'}]"
+                    for p, c, ok in after["examples"][:4])
+    text = (f"# R1-Zero run: {run}\n\nWall time {wall:.0f} s. Held-out problems, k samples each at "
+            f"T=0.6, top-p 0.95 (`python r1.py eval` gives the same protocol).\n\n```\n{table}\n```\n\n"
+            + "".join(f"![{p.stem}](plots/{p.name})\n" for p in plots)
+            + f"\nCompletions after GRPO:\n\n{ex}\n")
+    (run / "report.md").write_text(text)
+
+
+def cmd_plot(args):
+    import json
+
+    from report import plot_run
+
+    run = Path(args.run)
+    results = run / "results.json"
+    base = None
+    if results.is_file():
+        base = {t: r["pass@1"] for t, r in json.loads(results.read_text())["base"].items()}
+    for p in plot_run(run, base):
+        print(f"wrote {p}")
+
+
 def cmd_params(args):
     from model import count_params, preset
 
@@ -232,6 +378,7 @@ def _print_config(model_cfg, stage_cfg, run, quiet):
 def build_parser() -> argparse.ArgumentParser:
     from model import PRESETS
     from train import TrainConfig
+    from train_grpo import GRPOConfig
 
     parser = argparse.ArgumentParser(prog="r1.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -250,6 +397,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, TrainConfig, skip=("completion_only", "tasks", "long_frac", "short_frac",
                                           "mistake_rate", "difficulty"))
     p.set_defaults(fn=cmd_sft)
+
+    p = sub.add_parser("zero", help="(the default) the whole R1-Zero story on the tiny config")
+    add_run_args(p, "runs/zero")
+    p.add_argument("--preset", default="tiny", help=f"model size: {', '.join(PRESETS)}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=8, help="samples per held-out problem in the evaluations")
+    p.add_argument("--n", type=int, default=100, help="held-out problems per task in the evaluations")
+    p.add_argument("--skip-base-check", action="store_true", help="run RL even when the base looks unready")
+    p.add_argument("--smoke", action="store_true", help="a few steps of everything (for tests)")
+    p.set_defaults(fn=cmd_zero)
+
+    p = sub.add_parser("grpo", help="R1-Zero: GRPO with rule-based rewards from a base run")
+    add_run_args(p, None)
+    p.add_argument("--init", required=True, help="run directory to start from (a base or SFT model)")
+    add_config_args(p, GRPOConfig)
+    p.set_defaults(fn=cmd_grpo)
+
+    p = sub.add_parser("plot", help="redraw a run's plots from its metrics")
+    p.add_argument("run")
+    p.set_defaults(fn=cmd_plot)
 
     p = sub.add_parser("eval", help="R1's evaluation protocol on the held-out sets")
     p.add_argument("run")

@@ -1,0 +1,420 @@
+"""GRPO and the R1-Zero run (R1 §2.2; DeepSeekMath §4.1; SPEC §7).
+
+The objective, per token t of completion i in a group of G completions of one prompt:
+
+    ratio   rho_it = pi_theta(o_it) / pi_old(o_it)          pi_old: the sampler's log-probs
+    adv     A_i    = (r_i - mean(r)) / std(r)                 (scale_rewards="group"; "none" = Dr. GRPO)
+    term    l_it   = min(rho_it A_i, clip(rho_it, 1 - eps, 1 + eps_high) A_i) - beta * KL_it
+    KL      KL_it  = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1   (k3, >= 0; beta = 0 skips pi_ref)
+
+and the loss aggregates -l_it in one of three ways (`loss_type`, SPEC §7.6):
+
+    grpo     -(1/G) sum_i (1/|o_i|) sum_t l_it       DeepSeekMath / R1 (length-normalised per sequence)
+    dapo     -(1 / sum_i |o_i|) sum_i sum_t l_it     token-level (every token counts the same)
+    dr_grpo  -(1 / (G * L_max)) sum_i sum_t l_it     Dr. GRPO (a constant normaliser: no length bias)
+
+Probabilities are those of the temperature-scaled distribution softmax(logits / T), both at sampling
+time and in the training forward, so the ratio is exactly 1 at the first inner step.
+
+One step, always in this order: sample B prompts x G completions -> score with rewards.py ->
+advantages -> mu epochs over mini-batches (loss, backward, clip, AdamW) -> MoE bias update from the
+rollout's expert loads -> reference reset every N steps -> log -> eval -> checkpoint.
+
+    python r1.py grpo --init runs/base --run runs/zero
+    python r1.py                         (pretrain + GRPO + report, the R1-Zero story)
+
+How this differs from the paper's setup, in four points:
+  1. rewards are rule-based exactly as in R1 (accuracy + format), but on toy arithmetic;
+  2. defaults follow what works at toy scale: token-level loss, beta = 0, groups with equal rewards
+     dropped (DAPO's dynamic sampling), lr 3e-4 instead of 3e-6;
+  3. one mini-batch and one inner epoch per rollout by default (R1 used 16 mini-batches);
+  4. the reference model (when beta > 0) is reset to the policy every `ref_reset_every` steps, as R1 did.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import rewards
+from data import eval_set, prompt, sample_problem
+from evaluate import evaluate, thinking_tokens
+from model import MoE, Transformer
+from runs import Metrics, Progress, R1Error, autocast, rng_state, save_checkpoint, seed_everything, set_rng_state
+from sampler import generate
+
+REFLECTION = re.compile(r"\b(wait|check|verify|mistake|wrong|retry|error|however|but|evaluate)\b", re.IGNORECASE)
+
+
+@dataclass
+class GRPOConfig:
+    """Names follow TRL's GRPOConfig where the concept exists there."""
+
+    steps: int = 40
+    prompts_per_step: int = 16  # B questions per step
+    num_generations: int = 8  # G completions per question
+    learning_rate: float = 3e-4
+    beta: float = 0.0  # KL coefficient (R1: 0.001); 0 = no reference model at all
+    epsilon: float = 0.2  # lower clip (1 - epsilon)
+    epsilon_high: float = 0.0  # upper clip (1 + epsilon_high); 0 = same as epsilon (DAPO: 0.28)
+    loss_type: str = "dapo"  # "grpo", "dapo" (token-level) or "dr_grpo"
+    scale_rewards: str = "group"  # "group" (divide by the group's std) or "none" (Dr. GRPO)
+    num_iterations: int = 1  # mu: inner epochs over each rollout
+    num_minibatches: int = 1  # mini-batches per epoch (R1: 16)
+    temperature: float = 1.0  # rollout temperature (R1: 1.0)
+    top_p: float = 1.0
+    max_completion_length: int = 80
+    format_weight: float = 1.0  # R1: accuracy + format, equal weights; 0 = Dr. GRPO (no format reward)
+    dynamic_sampling: bool = True  # DAPO: drop groups whose rewards are all equal (no signal)
+    mask_truncated_completions: bool = False  # DAPO overlong filtering: no loss on truncated samples
+    ref_reset_every: int = 400  # R1: the reference becomes the current policy every 400 steps
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    tasks: tuple[str, ...] = ("add",)
+    difficulty: int | None = None
+    eval_every: int = 10  # 0 = only at the end
+    eval_n: int = 100  # held-out problems per task at each evaluation
+    eval_k: int = 4  # samples per problem at each evaluation (T=0.6, top-p 0.95)
+    ckpt_every: int = 10
+    dump_every: int = 10  # text dump of a few rollouts to samples.txt
+
+    def __post_init__(self):
+        checks = [
+            (self.steps > 0, "--steps must be > 0"),
+            (self.prompts_per_step > 0, "--prompts-per-step must be > 0"),
+            (self.num_generations >= 2, "--num-generations must be >= 2: a group of one has no baseline"),
+            (self.learning_rate > 0, "--learning-rate must be > 0"),
+            (self.beta >= 0, "--beta must be >= 0"),
+            (self.epsilon > 0 and self.epsilon_high >= 0, "--epsilon must be > 0 and --epsilon-high >= 0"),
+            (self.loss_type in ("grpo", "dapo", "dr_grpo"), "--loss-type must be grpo, dapo or dr_grpo"),
+            (self.scale_rewards in ("group", "none"), "--scale-rewards must be group or none"),
+            (self.num_iterations >= 1 and self.num_minibatches >= 1, "--num-iterations and --num-minibatches must be >= 1"),
+            (self.temperature > 0, "--temperature must be > 0 for RL rollouts"),
+            (0 < self.top_p <= 1, "--top-p must be in (0, 1]"),
+            (self.max_completion_length > 0, "--max-completion-length must be > 0"),
+            (self.eval_n > 0 and self.eval_k > 0, "--eval-n and --eval-k must be > 0"),
+            (self.prompts_per_step * self.num_generations >= self.num_minibatches,
+             "--num-minibatches exceeds the rollout size"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise R1Error(msg)
+        self.tasks = tuple(self.tasks)
+
+
+# --------------------------------------------------------------------------------------------
+# Pure tensor functions: advantages and the loss (tested against hand-computed numbers)
+# --------------------------------------------------------------------------------------------
+
+
+def group_advantages(rewards_: torch.Tensor, G: int, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
+    """rewards [B*G] (prompt-major) -> advantages [B*G]: reward minus its group mean, divided by
+    the group std (unbiased, as torch.std) when scale == "group". Equal rewards give exactly 0."""
+    r = rewards_.view(-1, G)  # [B, G]
+    a = r - r.mean(1, keepdim=True)
+    if scale == "group":
+        a = a / (r.std(1, keepdim=True) + eps)
+    return a.flatten()
+
+
+def grpo_loss(logp, old_logp, adv, mask, *, ref_logp=None, beta=0.0, epsilon=0.2, epsilon_high=0.0,
+              loss_type="dapo", max_len: int = 1) -> tuple[torch.Tensor, dict]:
+    """The clipped surrogate with an optional k3 KL penalty, aggregated per loss_type.
+
+    logp, old_logp, ref_logp [N, L] per-token log-probs; adv [N]; mask [N, L] (1 = a completion token
+    that counts). Returns (loss, stats) with stats: clip fraction, mean ratio, mean KL (None if no ref).
+    """
+    mask = mask.float()
+    eps_high = epsilon_high or epsilon
+    ratio = torch.exp(logp - old_logp)  # [N, L]
+    a = adv.unsqueeze(1)  # [N, 1]
+    unclipped = ratio * a
+    clipped = ratio.clamp(1 - epsilon, 1 + eps_high) * a
+    per_token = torch.minimum(unclipped, clipped)  # [N, L]
+    kl = None
+    if ref_logp is not None and beta > 0:
+        d = ref_logp - logp
+        kl = torch.exp(d) - d - 1  # k3 estimator, >= 0
+        per_token = per_token - beta * kl
+    if loss_type == "grpo":
+        loss = -((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+    elif loss_type == "dapo":
+        loss = -(per_token * mask).sum() / mask.sum().clamp(min=1)
+    elif loss_type == "dr_grpo":
+        loss = -(per_token * mask).sum() / (mask.shape[0] * max_len)
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}")
+    n = mask.sum().clamp(min=1)
+    with torch.no_grad():
+        is_clipped = (unclipped > clipped).float()  # the clip bound was the one taken
+        stats = {"clip_frac": float((is_clipped * mask).sum() / n), "ratio": float((ratio * mask).sum() / n),
+                 "kl": None if kl is None else float((kl * mask).sum() / n)}
+    return loss, stats
+
+
+# --------------------------------------------------------------------------------------------
+# Rollouts
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """One step's samples. N = B*G rows, prompt-major; P prompt columns, L completion columns."""
+
+    tokens: torch.Tensor  # [N, P+L] left-padded prompt then completion
+    pad_mask: torch.Tensor  # [N, P+L] False on prompt padding
+    completion_mask: torch.Tensor  # [N, L] True on generated tokens
+    old_logp: torch.Tensor  # [N, L] sampler log-probs (pi_old)
+    rewards: torch.Tensor  # [N]
+    advantages: torch.Tensor  # [N]
+    truncated: torch.Tensor  # [N] bool
+    texts: list[str]
+    prompt_len: int  # P
+
+
+def completion_logprobs(model: Transformer, ro: Rollout, rows, temperature: float):
+    """Training forward on rows of a rollout -> (logp [n, L], entropy [n, L], routing per MoE layer)."""
+    P = ro.prompt_len
+    logits = model(ro.tokens[rows], pad_mask=ro.pad_mask[rows])  # [n, P+L, W]
+    logits = logits[:, P - 1:-1].float() / temperature  # position t predicts token t+1 [n, L, W]
+    logp_all = F.log_softmax(logits, dim=-1)
+    target = ro.tokens[rows, P:]
+    logp = logp_all.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # [n, L]
+    entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n, L]
+    return logp, entropy
+
+
+def reflection_count(text: str) -> int:
+    think = text.split("</think>")[0]
+    return len(REFLECTION.findall(think))
+
+
+class RoutingRecorder:
+    """Records which experts each MoE layer picked in single-token (decode) forwards, to measure
+    the fraction of tokens routed differently in sampling and in the training forward."""
+
+    def __init__(self, model: Transformer):
+        self.model, self.steps, self.handles = model, [], []
+
+    def __enter__(self):
+        moes = self.model.moe_layers()[: len(self.model.layers)]  # main layers only (not MTP)
+        self.steps = [[] for _ in moes]
+
+        def hook(i):
+            def fn(mod, inp, out):
+                if inp[0].shape[1] == 1 and mod.last_idx is not None:
+                    self.steps[i].append(mod.last_idx.view(inp[0].shape[0], -1))  # [N, K]
+            return fn
+        for i, m in enumerate(moes):
+            m.record = True
+            self.handles.append(m.register_forward_hook(hook(i)))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        for m in self.model.moe_layers():
+            m.record, m.last_idx = False, None
+
+    def per_token(self) -> list[torch.Tensor]:
+        """Per MoE layer: [N, steps, K] sorted expert ids of decode step s's input token."""
+        return [torch.stack(s, 1).sort(-1).values for s in self.steps if s]
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def rollout(model, tok, cfg: GRPOConfig, step: int, device, gen: torch.Generator):
+    """Sample B prompts x G completions and score them. Problems are a pure function of (seed, step)."""
+    rng = random.Random(cfg.seed * 1_000_003 + step)
+    problems = [sample_problem(rng.choice(cfg.tasks), rng, split="train", difficulty=cfg.difficulty)
+                for _ in range(cfg.prompts_per_step)]
+    ids = [tok.encode(prompt(p), bos=True) for p in problems]
+    with RoutingRecorder(model) as rec, autocast(device):
+        out = generate(model, ids, num_samples=cfg.num_generations, max_new_tokens=cfg.max_completion_length,
+                       temperature=cfg.temperature, top_p=cfg.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                       stop_sequences=[tok.encode("</answer>")], generator=gen)
+    G = cfg.num_generations
+    texts, rs, parts = [], [], []
+    for row in range(out.tokens.shape[0]):
+        p = problems[row // G]
+        text = tok.decode(out.tokens[row][out.mask[row]].tolist())
+        r, part = rewards.reward(text, p.answer, p.numbers or None, format_weight=cfg.format_weight)
+        texts.append(text)
+        rs.append(r)
+        parts.append(part)
+    r = torch.tensor(rs)
+    ro = Rollout(tokens=torch.cat([out.prompt, out.tokens], 1), pad_mask=torch.cat([out.prompt_mask, torch.ones_like(out.mask)], 1),
+                 completion_mask=out.mask, old_logp=out.logprobs.float(), rewards=r,
+                 advantages=group_advantages(r, G, cfg.scale_rewards), truncated=out.truncated, texts=texts,
+                 prompt_len=out.prompt.shape[1])
+    return ro, problems, parts, rec.per_token()
+
+
+def rollout_stats(ro: Rollout, parts, tok, G: int) -> dict:
+    think_id, end_id = tok.encode("<think>")[0], tok.encode("</think>")[0]
+    lens = ro.completion_mask.sum(1).float()
+    think = torch.tensor([float(thinking_tokens(ro.tokens[i, ro.prompt_len:][ro.completion_mask[i]].tolist(), think_id, end_id))
+                          for i in range(len(ro.texts))])
+    acc = torch.tensor([p["accuracy"] for p in parts])
+    fmt = torch.tensor([p["format"] for p in parts])
+    grouped = ro.rewards.view(-1, G)
+    mean_or_none = lambda x, m: float(x[m].mean()) if m.any() else None  # noqa: E731
+    return {
+        "reward": float(ro.rewards.mean()), "accuracy": float(acc.mean()), "format": float(fmt.mean()),
+        "zero_var_groups": float((grouped.std(1) == 0).float().mean()),
+        "truncated": float(ro.truncated.float().mean()),
+        "completion_len": float(lens.mean()), "think_len": float(think.mean()),
+        "len_correct": mean_or_none(lens, acc > 0), "len_wrong": mean_or_none(lens, acc == 0),
+        "reflection": sum(reflection_count(t) for t in ro.texts) / len(ro.texts),
+    }
+
+
+def routing_mismatch(model: Transformer, sampled: list[torch.Tensor], ro: Rollout, rows) -> float | None:
+    """Fraction of (token, layer) pairs whose expert set differs between the sampling pass and the
+    training forward that just ran (the MoE train/inference routing mismatch of large-scale RL)."""
+    moes = model.moe_layers()[: len(model.layers)]
+    if not sampled or not moes or moes[0].last_idx is None:
+        return None
+    P, L = ro.prompt_len, ro.completion_mask.shape[1]
+    n = len(rows)
+    diff, total = 0, 0
+    for m, s in zip(moes, sampled):
+        train_idx = m.last_idx.view(n, P + L, -1).sort(-1).values  # [n, P+L, K]
+        steps = s.shape[1]  # decode step j takes completion token j as input
+        t = train_idx[:, P:P + steps]  # [n, steps, K]
+        valid = ro.completion_mask[rows, :steps]
+        same = (t == s[rows][:, :t.shape[1]]).all(-1)
+        diff += int((~same & valid[:, :t.shape[1]]).sum())
+        total += int(valid[:, :t.shape[1]].sum())
+    return diff / max(total, 1)
+
+
+def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, state: dict | None = None,
+               quiet: bool = False) -> dict:
+    """The GRPO loop (see the module docstring). `state`: a grpo checkpoint to resume from."""
+    if cfg.max_completion_length + 64 > model.cfg.max_seq_len:
+        raise R1Error(f"--max-completion-length {cfg.max_completion_length} plus a prompt does not fit the model's "
+                      f"context of {model.cfg.max_seq_len} tokens")
+    metrics = Metrics(run / "metrics.jsonl")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    ref = None
+    start = 0
+    if state is not None and state.get("stage") == "grpo":
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start = state["step"]
+    else:
+        seed_everything(cfg.seed)
+    if cfg.beta > 0:  # the reference model exists only when the KL term is used
+        ref = copy.deepcopy(model).eval().requires_grad_(False)
+        if state is not None and state.get("ref") is not None:
+            ref.load_state_dict(state["ref"])
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    if state is not None and state.get("generator") is not None:
+        gen.set_state(state["generator"])
+    G = cfg.num_generations
+    progress = Progress(cfg.steps, "grpo", start_step=start, every=1, quiet=quiet)
+    last = {}
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        # 1. sample and 2. score
+        ro, problems, parts, sampled_routing = rollout(model, tok, cfg, step, device, gen)
+        t_sample = time.perf_counter() - t0
+        stats = rollout_stats(ro, parts, tok, G)
+        # 3. advantages (computed in rollout) and which groups carry signal
+        keep = torch.ones(len(ro.texts), dtype=torch.bool)
+        if cfg.dynamic_sampling:
+            keep = (ro.rewards.view(-1, G).std(1) > 0).repeat_interleave(G)
+        loss_mask = ro.completion_mask.clone()
+        if cfg.mask_truncated_completions:
+            loss_mask &= ~ro.truncated.unsqueeze(1)
+        rows_all = keep.nonzero().flatten()
+        # 4. mu epochs over mini-batches
+        losses, clip, kls, ents, ratios, mismatch = [], [], [], [], [], []
+        model.reset_expert_load()  # the training forwards count the rollout's expert loads
+        for _ in range(cfg.num_iterations):
+            if len(rows_all) == 0:
+                break
+            perm = rows_all[torch.randperm(len(rows_all))]
+            for rows in perm.tensor_split(min(cfg.num_minibatches, len(perm))):
+                measure = bool(sampled_routing) and not mismatch and not losses  # first mini-batch only
+                for m in model.moe_layers():
+                    m.record = measure
+                with autocast(device):
+                    logp, ent = completion_logprobs(model, ro, rows, cfg.temperature)
+                    ref_logp = None
+                    if ref is not None:
+                        with torch.no_grad():
+                            ref_logp, _ = completion_logprobs(ref, ro, rows, cfg.temperature)
+                if measure:
+                    mm = routing_mismatch(model, sampled_routing, ro, rows)
+                    mismatch += [] if mm is None else [mm]
+                    for m in model.moe_layers():
+                        m.record, m.last_idx = False, None
+                loss, st = grpo_loss(logp, ro.old_logp[rows], ro.advantages[rows], loss_mask[rows], ref_logp=ref_logp,
+                                     beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                                     loss_type=cfg.loss_type, max_len=cfg.max_completion_length)
+                if not torch.isfinite(loss):  # a NaN stops the run: it is never skipped silently
+                    raise R1Error(f"grpo step {step}: the loss is {loss.item()} (non-finite); "
+                                  f"lower --learning-rate (now {cfg.learning_rate}) or check the run's samples.txt")
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                m = loss_mask[rows].float()
+                losses.append(loss.item())
+                clip.append(st["clip_frac"])
+                ratios.append(st["ratio"])
+                ents.append(float((ent.detach() * m).sum() / m.sum().clamp(min=1)))
+                if st["kl"] is not None:
+                    kls.append(st["kl"])
+        # 5. MoE bias update from the rollout's loads, and the reference reset
+        load = model.expert_load().clone()
+        if len(rows_all):
+            model.update_biases(load)
+        if ref is not None and (step + 1) % cfg.ref_reset_every == 0:
+            ref.load_state_dict(model.state_dict())
+        # 6. log
+        mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+        imbalance = float((load.max(1).values / load.mean(1).clamp(min=1)).mean()) if load.numel() else None
+        last = {"step": step + 1, **stats, "loss": mean(losses), "clip_frac": mean(clip), "ratio": mean(ratios),
+                "entropy": mean(ents), "kl": mean(kls), "groups_used": len(rows_all) // G,
+                "load_max_over_mean": imbalance, "routing_mismatch": mean(mismatch),
+                "sample_s": t_sample, "step_s": time.perf_counter() - t0}
+        metrics.log(stage="grpo", **last)
+        progress.update(step + 1, reward=stats["reward"], acc=stats["accuracy"], think=stats["think_len"],
+                        zero_var=stats["zero_var_groups"])
+        if cfg.dump_every and (step % cfg.dump_every == 0 or step + 1 == cfg.steps):
+            with open(run / "samples.txt", "a") as f:
+                f.write(f"=== step {step + 1}\n")
+                for i in range(0, min(len(ro.texts), 3 * G), G):
+                    f.write(f"{problems[i // G].question} (answer {problems[i // G].answer}) reward "
+                            f"{ro.rewards[i]:.2f}\n  {ro.texts[i]}\n")
+        # 7. eval and checkpoint
+        done = step + 1 == cfg.steps
+        if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or done:
+            ev = evaluate(model, tok, [p for t in cfg.tasks for p in eval_set(t, cfg.eval_n)], k=cfg.eval_k,
+                          greedy=False, max_new_tokens=cfg.max_completion_length, seed=cfg.seed)
+            metrics.log(stage="grpo", step=step + 1, eval={t: r for t, r in ev["tasks"].items()})
+            progress.message(f"  eval @ {step + 1}: pass@1 " + ", ".join(
+                f"{t} {r['pass@1']:.3f}" for t, r in ev["tasks"].items()) +
+                f", think {ev['overall']['think_len']:.1f} tokens")
+            last["eval"] = ev["tasks"]
+        if (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0) or done:
+            save_checkpoint(run, step + 1, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                            "ref": None if ref is None else ref.state_dict(),
+                                            "rng": rng_state(), "generator": gen.get_state(), "step": step + 1,
+                                            "stage": "grpo", "config": model.cfg.to_dict(), "grpo": asdict(cfg)})
+    return last
