@@ -632,11 +632,12 @@ class Transformer(nn.Module):
                 break
             # depth k at position i: hidden of depth k-1 at i and the embedding of token i+k
             # predict token i+k+1, which is targets[:, i+k]
+            tgt = targets[:, k:].masked_fill(~pad_mask[:, :T - k], -100)  # position i itself must be real
             h, b = self.mtp_forward(k - 1, h[:, :T - k], tokens[:, k:], pos[:, :T - k],
                                     None if mask is None else mask[:, :, :T - k, :T - k],
-                                    token_mask[:, k:] & (targets[:, k:] != -100))
+                                    token_mask[:, k:] & (tgt != -100))
             lg = self.head(mod.norm(h))  # [B, T-k, W]
-            mtp_losses.append(F.cross_entropy(lg.flatten(0, 1).float(), targets[:, k:].flatten(), ignore_index=-100))
+            mtp_losses.append(F.cross_entropy(lg.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100))
             bal = bal + b
         total = main + bal
         if mtp_losses:
@@ -647,7 +648,7 @@ class Transformer(nn.Module):
                     cache: KVCache | None = None, absorb: bool = False):
         """Run MTP module `depth` (0-based). h_prev [B, T, D] (depth-1 hidden, after the final norm
         for depth 0), next_tokens [B, T] (the token one step ahead of each position) -> (h [B, T, D],
-        balance loss). At inference the MTP blocks keep their own cache (`new_mtp_cache`, layer
+        balance loss). At inference the MTP blocks keep their own cache (`new_cache(..., mtp=True)`, layer
         `depth`), since they run one token behind the main model; the caller advances it."""
         mod = self.mtp[depth]
         e = self.embed(next_tokens)  # shared embedding [B, T, D]

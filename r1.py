@@ -218,10 +218,12 @@ def cmd_zero(args):
     t_start = time.perf_counter()
     device = pick_device(args.device)
     smoke = args.smoke
-    pre = TrainConfig(seed=args.seed, **({"steps": 30, "eval_every": 0, "eval_n": 8, "ckpt_every": 0} if smoke else {}))
-    rl = GRPOConfig(seed=args.seed, **({"steps": 3, "prompts_per_step": 4, "num_generations": 4, "eval_every": 0,
-                                        "eval_n": 8, "eval_k": 2, "ckpt_every": 0} if smoke else {}))
-    k, n = (2, 8) if smoke else (args.k, args.n)
+    pre = TrainConfig(seed=args.seed, **({"steps": 10, "batch_size": 8, "eval_every": 0, "eval_n": 4, "ckpt_every": 0}
+                                         if smoke else {}))
+    rl = GRPOConfig(seed=args.seed, **({"steps": 2, "prompts_per_step": 2, "num_generations": 4, "eval_every": 0,
+                                        "eval_n": 4, "eval_k": 2, "ckpt_every": 0, "max_completion_length": 24}
+                                       if smoke else {}))
+    k, n = (2, 4) if smoke else (args.k, args.n)
     run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite)
     base_dir, rl_dir = run / "base", run / "rl"
     tok = default_tokenizer()

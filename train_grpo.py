@@ -301,6 +301,11 @@ def routing_mismatch(model: Transformer, sampled: list[torch.Tensor], ro: Rollou
     return diff / max(total, 1)
 
 
+def make_reference(model: Transformer) -> Transformer:
+    """A frozen copy of the policy: pi_ref of the KL term."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
 def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, state: dict | None = None,
                quiet: bool = False) -> dict:
     """The GRPO loop (see the module docstring). `state`: a grpo checkpoint to resume from."""
@@ -318,7 +323,7 @@ def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, stat
     else:
         seed_everything(cfg.seed)
     if cfg.beta > 0:  # the reference model exists only when the KL term is used
-        ref = copy.deepcopy(model).eval().requires_grad_(False)
+        ref = make_reference(model)
         if state is not None and state.get("ref") is not None:
             ref.load_state_dict(state["ref"])
     gen = torch.Generator(device=device).manual_seed(cfg.seed)

@@ -1,0 +1,199 @@
+"""GRPO: advantages and loss against hand-computed numbers, the invariants of SPEC 9.2, a tiny
+end-to-end run on a trivially learnable reward, exact resume, and the R1-Zero pipeline in smoke mode."""
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import r1
+import train_grpo
+from data import default_tokenizer
+from model import build_model, preset
+from train_grpo import GRPOConfig, completion_logprobs, group_advantages, grpo_loss, rollout
+
+torch.set_num_threads(1)
+
+SMALL = dict(dim=32, inter_dim=64, moe_inter_dim=32, n_layers=2, n_heads=2, kv_lora_rank=16,
+             qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return default_tokenizer()
+
+
+def small_model(tok, seed=0):
+    return build_model(preset("tiny", vocab_size=tok.vocab_size, **SMALL), seed=seed)
+
+
+# ------------------------------------------------------------------ advantages
+
+
+def test_group_advantages_by_hand():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0])
+    a = group_advantages(r, G=2, scale="group")
+    s = math.sqrt(0.5) + 1e-4  # unbiased std of {1, 0}, plus the eps that keeps equal groups at 0/eps = 0
+    assert torch.allclose(a, torch.tensor([0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s, 0.0, 0.0]))
+    a = group_advantages(r, G=2, scale="none")
+    assert torch.allclose(a, torch.tensor([0.5, -0.5, -0.5, 0.5, 0.0, 0.0]))
+    a = group_advantages(torch.tensor([1.0, 2.0, 3.0]), G=3, scale="none")
+    assert torch.allclose(a, torch.tensor([-1.0, 0.0, 1.0]))
+
+
+def test_equal_rewards_give_zero_advantage():
+    a = group_advantages(torch.tensor([1.0] * 4 + [0.0] * 4), G=4)
+    assert torch.equal(a, torch.zeros(8))
+
+
+# ------------------------------------------------------------------ the loss, by hand
+
+
+def hand_terms(logp, old, adv, eps_lo, eps_hi, beta=0.0, ref=None):
+    """Per-token objective terms with plain Python floats."""
+    out = []
+    for i in range(len(logp)):
+        row = []
+        for t in range(len(logp[i])):
+            ratio = math.exp(logp[i][t] - old[i][t])
+            clipped = min(max(ratio, 1 - eps_lo), 1 + eps_hi)
+            term = min(ratio * adv[i], clipped * adv[i])
+            if ref is not None:
+                d = ref[i][t] - logp[i][t]
+                term -= beta * (math.exp(d) - d - 1)
+            row.append(term)
+        out.append(row)
+    return out
+
+
+LOGP = [[-0.5, -1.0, -2.0], [-0.1, -0.3, -0.7]]
+OLD = [[-0.7, -0.8, -2.0], [-0.4, -0.3, -0.2]]
+REF = [[-0.6, -1.2, -1.5], [-0.2, -0.1, -0.9]]
+ADV = [1.5, -0.5]
+MASK = [[1, 1, 0], [1, 1, 1]]
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_loss_matches_hand_computation(loss_type, beta):
+    terms = hand_terms(LOGP, OLD, ADV, 0.2, 0.28, beta, REF)
+    masked = [[terms[i][t] * MASK[i][t] for t in range(3)] for i in range(2)]
+    if loss_type == "grpo":
+        expected = -sum(sum(masked[i]) / sum(MASK[i]) for i in range(2)) / 2
+    elif loss_type == "dapo":
+        expected = -sum(map(sum, masked)) / sum(map(sum, MASK))
+    else:
+        expected = -sum(map(sum, masked)) / (2 * 10)
+    loss, stats = grpo_loss(torch.tensor(LOGP), torch.tensor(OLD), torch.tensor(ADV), torch.tensor(MASK),
+                            ref_logp=torch.tensor(REF), beta=beta, epsilon=0.2, epsilon_high=0.28,
+                            loss_type=loss_type, max_len=10)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # clip fraction: tokens where the clipped branch was taken (ratio e^0.2 > 1.28 with A > 0? no:
+    # 1.2214 < 1.28; row 2 token 1: ratio e^0.3 = 1.35 with A < 0 -> min picks unclipped; token 3: e^-0.5)
+    hand_clip = sum(1 for i in range(2) for t in range(3) if MASK[i][t] and
+                    math.exp(LOGP[i][t] - OLD[i][t]) * ADV[i] > min(max(math.exp(LOGP[i][t] - OLD[i][t]), 0.8), 1.28) * ADV[i])
+    assert stats["clip_frac"] == pytest.approx(hand_clip / 5)
+
+
+def test_ratio_one_and_no_clipping_at_the_first_inner_step(tok):
+    """pi_old is the sampler's log-prob: the training forward must reproduce it exactly."""
+    model = small_model(tok)
+    cfg = GRPOConfig(prompts_per_step=3, num_generations=2, max_completion_length=12, tasks=("add", "linear"))
+    ro, *_ = rollout(model, tok, cfg, step=0, device=torch.device("cpu"), gen=torch.Generator().manual_seed(0))
+    model.train()
+    logp, _ = completion_logprobs(model, ro, torch.arange(len(ro.texts)), cfg.temperature)
+    m = ro.completion_mask
+    assert torch.allclose(logp[m], ro.old_logp[m], atol=1e-4)
+    adv = torch.randn(len(ro.texts))
+    _, stats = grpo_loss(logp, ro.old_logp, adv, m)
+    assert stats["clip_frac"] == 0.0
+    assert stats["ratio"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_kl_is_zero_at_reference_and_never_negative():
+    torch.manual_seed(0)
+    logp = -torch.rand(4, 6) * 3
+    mask = torch.ones(4, 6)
+    _, stats = grpo_loss(logp, logp, torch.zeros(4), mask, ref_logp=logp.clone(), beta=0.1)
+    assert stats["kl"] == pytest.approx(0.0, abs=1e-7)
+    for _ in range(20):
+        ref = -torch.rand(4, 6) * 3
+        _, stats = grpo_loss(logp, logp, torch.zeros(4), mask, ref_logp=ref, beta=0.1)
+        assert stats["kl"] >= 0.0
+
+
+def test_equal_rewards_give_zero_policy_gradient():
+    logp = torch.randn(4, 5, requires_grad=True)
+    adv = group_advantages(torch.ones(4), G=4)
+    loss, _ = grpo_loss(logp, logp.detach(), adv, torch.ones(4, 5))
+    loss.backward()
+    assert torch.count_nonzero(logp.grad) == 0
+
+
+def test_bad_configs_are_clear():
+    with pytest.raises(r1.R1Error, match="num-generations"):
+        GRPOConfig(num_generations=1)
+    with pytest.raises(r1.R1Error, match="loss-type"):
+        GRPOConfig(loss_type="ppo")
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def seven_reward(text, answer, numbers=None, **kw):
+    """A trivially learnable reward: the share of '7' characters in the completion."""
+    r = text.count("7") / max(len(text), 1)
+    return r, {"accuracy": r, "format": 0.0, "overlong": 0.0, "reward": r}
+
+
+def test_beta_zero_builds_no_reference_and_reward_rises(tok, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_grpo.rewards, "reward", seven_reward)
+    monkeypatch.setattr(train_grpo, "make_reference", lambda *a: pytest.fail("beta=0 built a reference model"))
+    model = small_model(tok)
+    cfg = GRPOConfig(steps=30, prompts_per_step=4, num_generations=8, max_completion_length=8,
+                     learning_rate=1e-2, beta=0.0, eval_every=0, ckpt_every=0, dump_every=0, eval_n=2, eval_k=1)
+    train_grpo.train_grpo(tmp_path, model, tok, cfg, torch.device("cpu"), quiet=True)
+    rows = [r for r in train_grpo.Metrics(tmp_path / "metrics.jsonl").read() if "eval" not in r]
+    first = sum(r["reward"] for r in rows[:5]) / 5
+    last = sum(r["reward"] for r in rows[-5:]) / 5
+    assert last > first + 0.2, (first, last)
+
+
+def test_beta_positive_uses_reference_and_logs_kl(tok, tmp_path):
+    model = small_model(tok)
+    cfg = GRPOConfig(steps=2, prompts_per_step=2, num_generations=4, max_completion_length=8, beta=0.1,
+                     dynamic_sampling=False, eval_every=0, ckpt_every=0, dump_every=0, eval_n=2, eval_k=1)
+    last = train_grpo.train_grpo(tmp_path, model, tok, cfg, torch.device("cpu"), quiet=True)
+    assert last["kl"] is not None and last["kl"] >= 0
+
+
+def test_exact_resume(tok, tmp_path):
+    from train import load_run, save_run_files
+
+    def cfg(steps):
+        return GRPOConfig(steps=steps, prompts_per_step=2, num_generations=4, max_completion_length=10,
+                          dynamic_sampling=False, eval_every=0, ckpt_every=2, dump_every=0, eval_n=2, eval_k=1,
+                          learning_rate=1e-3)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = small_model(tok)
+    train_grpo.train_grpo(tmp_path / "a", a, tok, cfg(4), torch.device("cpu"), quiet=True)
+    b = small_model(tok)
+    save_run_files(tmp_path / "b", b.cfg, tok, "grpo", {})
+    train_grpo.train_grpo(tmp_path / "b", b, tok, cfg(2), torch.device("cpu"), quiet=True)
+    b, _, state = load_run(tmp_path / "b")
+    train_grpo.train_grpo(tmp_path / "b", b, tok, cfg(4), torch.device("cpu"), state=state, quiet=True)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_r1_zero_pipeline_smoke(tmp_path):
+    """`python r1.py` end to end in smoke mode: tokenizer, base, base eval, GRPO, eval, report, plots."""
+    assert r1.main(["zero", "--smoke", "--run", str(tmp_path / "zero"), "--quiet"]) == 0
+    run = tmp_path / "zero"
+    for f in ("report.md", "results.json", "plots/accuracy.png", "plots/length.png", "base/tokenizer.json",
+              "rl/metrics.jsonl", "rl/samples.txt"):
+        assert (run / f).is_file(), f
+    assert r1.main(["plot", str(run)]) == 0
