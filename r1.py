@@ -324,6 +324,12 @@ def cmd_plot(args):
         print(f"wrote {p}")
 
 
+def cmd_bench(args):
+    import bench
+
+    bench.main(args.only, compile=args.compile)
+
+
 def cmd_params(args):
     from model import count_params, preset
 
@@ -443,6 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("bench", help="throughput, FLOPs per token and MFU against this machine's matmul peak")
+    p.add_argument("--only", choices=["train", "sampler", "rewards"], default=None, help="one part only")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (slow to start)")
+    p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("params", help="parameter counts and KV-cache size of a preset (meta device)")
     p.add_argument("--preset", default="deepseek-v3-671b", help=f"one of {', '.join(PRESETS)}")
