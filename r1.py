@@ -190,6 +190,7 @@ def cmd_grpo(args):
     if Path(args.run).resolve() == Path(args.init).resolve():
         raise R1Error("--run must differ from --init: GRPO writes a new run and never overwrites its start point")
     model, tok, _ = load_run(args.init, device)
+    cfg.check_fits(model.cfg)
     run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite)
     state = None
     if args.resume:
@@ -207,12 +208,12 @@ def cmd_zero(args):
     import json
     import time
 
-    from data import default_tokenizer, eval_set
+    from data import default_tokenizer
     from evaluate import evaluate, format_table
     from model import build_model, preset
     from report import plot_run
     from runs import load_checkpoint, pick_device, prepare_run_dir
-    from train import TrainConfig, load_run, pretrain_batches, save_run_files, train_lm
+    from train import TrainConfig, eval_problems, load_run, pretrain_batches, save_run_files, train_lm
     from train_grpo import GRPOConfig, train_grpo
 
     t_start = time.perf_counter()
@@ -242,7 +243,7 @@ def cmd_zero(args):
             model = build_model(model_cfg, device=device, seed=args.seed)
         train_lm(base_dir, model, tok, pre, pretrain_batches(pre), device, state, quiet=args.quiet)
     model, tok, _ = load_run(base_dir, device)
-    problems = [p for t in rl.tasks for p in eval_set(t, n)]
+    problems = eval_problems(rl.tasks, n, rl.difficulty)
 
     # 2. evaluate the base, and check that RL has something to work with
     print(f"== 2/4 evaluating the base model ({n} held-out problems x {k} samples, T=0.6, top-p 0.95)")
@@ -463,9 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["zero"] + argv  # `python r1.py [options]` = the R1-Zero story
     args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["zero"] + (argv or []))  # `python r1.py` = the R1-Zero story
     try:
         args.fn(args)
     except R1Error as e:

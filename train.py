@@ -64,7 +64,22 @@ class TrainConfig:
             raise R1Error(f"--lr must be > 0, got {self.lr}")
         if self.warmup < 0 or self.eval_every < 0 or self.ckpt_every < 0 or self.eval_n <= 0:
             raise R1Error("--warmup, --eval-every, --ckpt-every must be >= 0 and --eval-n > 0")
+        if not 0 <= self.min_lr_frac <= 1:
+            raise R1Error(f"--min-lr-frac must be in [0, 1], got {self.min_lr_frac}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1) or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise R1Error("--beta1/--beta2 must be in [0, 1), --weight-decay >= 0 and --grad-clip > 0")
         self.tasks = tuple(self.tasks)
+        try:  # one dry example checks tasks, difficulty and the corpus mix before anything is written
+            build_corpus(1, tasks=self.tasks, seed=0, long_frac=self.long_frac, short_frac=self.short_frac,
+                         mistake_rate=self.mistake_rate, difficulty=self.difficulty)
+            eval_problems(self.tasks, self.eval_n, self.difficulty)
+        except ValueError as e:
+            raise R1Error(str(e)) from None
+
+
+def eval_problems(tasks, n: int, difficulty: int | None = None) -> list:
+    """The fixed held-out problems of each task at the training difficulty (n per task)."""
+    return [p for t in tasks for p in eval_set(t, n, difficulty=difficulty)]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -155,10 +170,10 @@ def read_jsonl(path: str | Path) -> list[tuple[str, str]]:
 
 
 @torch.no_grad()
-def heldout_loss(model: Transformer, tok: Tokenizer, tasks, n: int, device) -> float:
+def heldout_loss(model: Transformer, tok: Tokenizer, problems, device) -> float:
     """Main next-token loss on LONG worked solutions of held-out problems (completion tokens only)."""
     model.eval()
-    pairs = [(prompt(p), completion(p)) for t in tasks for p in eval_set(t, n)]
+    pairs = [(prompt(p), completion(p)) for p in problems]
     tokens, targets = collate(pairs, tok, model.cfg.max_seq_len, completion_only=True)
     with autocast(device):
         loss = model(tokens.to(device), targets.to(device))["main"].item()
@@ -216,9 +231,9 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
         # 5. eval and checkpoint
         done = step + 1 == cfg.steps
         if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or done:
-            ev = {"heldout_loss": heldout_loss(model, tok, cfg.tasks, cfg.eval_n, device)}
-            res = evaluate(model, tok, [p for t in cfg.tasks for p in eval_set(t, cfg.eval_n)], k=1,
-                           temperature=0.0, greedy=False)
+            problems = eval_problems(cfg.tasks, cfg.eval_n, cfg.difficulty)
+            ev = {"heldout_loss": heldout_loss(model, tok, problems, device)}
+            res = evaluate(model, tok, problems, k=1, temperature=0.0, greedy=False)
             ev |= {f"greedy_{t}": r["pass@1"] for t, r in res["tasks"].items()}
             metrics.log(stage=stage, step=step + 1, eval=ev)
             progress.message(f"  eval @ {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))

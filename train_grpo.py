@@ -45,11 +45,12 @@ import torch
 import torch.nn.functional as F
 
 import rewards
-from data import eval_set, prompt, sample_problem
+from data import prompt, sample_problem
 from evaluate import evaluate, thinking_tokens
 from model import MoE, Transformer
 from runs import Metrics, Progress, R1Error, autocast, rng_state, save_checkpoint, seed_everything, set_rng_state
 from sampler import generate
+from train import eval_problems
 
 REFLECTION = re.compile(r"\b(wait|check|verify|mistake|wrong|retry|error|however|but|evaluate)\b", re.IGNORECASE)
 
@@ -109,6 +110,17 @@ class GRPOConfig:
             if not ok:
                 raise R1Error(msg)
         self.tasks = tuple(self.tasks)
+        try:  # tasks and difficulty, checked before anything is written
+            eval_problems(self.tasks, self.eval_n, self.difficulty)
+            sample_problem(self.tasks[0], random.Random(0), difficulty=self.difficulty)
+        except (ValueError, IndexError) as e:
+            raise R1Error(str(e) or "--tasks is empty") from None
+
+    def check_fits(self, model_cfg):
+        """The rollouts must fit the model's context (prompts take up to ~64 tokens here)."""
+        if self.max_completion_length + 64 > model_cfg.max_seq_len:
+            raise R1Error(f"--max-completion-length {self.max_completion_length} plus a prompt does not fit the "
+                          f"model's context of {model_cfg.max_seq_len} tokens")
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,9 +321,7 @@ def make_reference(model: Transformer) -> Transformer:
 def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, state: dict | None = None,
                quiet: bool = False) -> dict:
     """The GRPO loop (see the module docstring). `state`: a grpo checkpoint to resume from."""
-    if cfg.max_completion_length + 64 > model.cfg.max_seq_len:
-        raise R1Error(f"--max-completion-length {cfg.max_completion_length} plus a prompt does not fit the model's "
-                      f"context of {model.cfg.max_seq_len} tokens")
+    cfg.check_fits(model.cfg)
     metrics = Metrics(run / "metrics.jsonl")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     ref = None
@@ -410,7 +420,7 @@ def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, stat
         # 7. eval and checkpoint
         done = step + 1 == cfg.steps
         if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or done:
-            ev = evaluate(model, tok, [p for t in cfg.tasks for p in eval_set(t, cfg.eval_n)], k=cfg.eval_k,
+            ev = evaluate(model, tok, eval_problems(cfg.tasks, cfg.eval_n, cfg.difficulty), k=cfg.eval_k,
                           greedy=False, max_new_tokens=cfg.max_completion_length, seed=cfg.seed)
             metrics.log(stage="grpo", step=step + 1, eval={t: r for t, r in ev["tasks"].items()})
             progress.message(f"  eval @ {step + 1}: pass@1 " + ", ".join(

@@ -1,0 +1,520 @@
+"""Tests for train.py and the checkpoint half of runs.py: a short pre-training run learns (training loss,
+held-out loss and greedy accuracy on 1-digit problems), exact resume (an interrupted run resumed from its
+checkpoint ends bit-identical to an uninterrupted one), atomic checkpoints under a crash mid-write,
+corrupt/missing checkpoints and run directories, the learning-rate schedule, collate's masking, JSONL
+reading, config/tokenizer mismatches, and the aux-loss-free MoE bias update with its logged imbalance.
+
+In-process and CPU-only, with tiny model shapes; expected values are written by hand.
+"""
+import copy
+import json
+import math
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # 2 cores shared with other test runs: no oversubscription
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import runs  # noqa: E402
+import train  # noqa: E402
+from data import Tokenizer, completion, default_tokenizer, eval_set, prompt  # noqa: E402
+from evaluate import evaluate  # noqa: E402
+from model import build_model, preset  # noqa: E402
+from runs import R1Error, load_checkpoint, save_checkpoint  # noqa: E402
+from train import (TrainConfig, collate, load_run, lr_at, pretrain_batches, read_jsonl, save_run_files,  # noqa: E402
+                   train_lm)
+
+CPU = torch.device("cpu")
+SMALL = dict(dim=32, inter_dim=64, moe_inter_dim=32, n_layers=2, kv_lora_rank=16, qk_nope_head_dim=8,
+             qk_rope_head_dim=8, v_head_dim=8, n_heads=2)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return default_tokenizer()
+
+
+def small_cfg(tok, **kw):
+    return preset("tiny", vocab_size=tok.vocab_size, **(SMALL | kw))
+
+
+def make_run(path: Path, tok, tcfg: TrainConfig, seed: int = 0):
+    """A fresh run directory as `r1.py pretrain` makes it: config.json + tokenizer.json, then the model."""
+    path.mkdir(parents=True, exist_ok=True)
+    mcfg = small_cfg(tok)
+    save_run_files(path, mcfg, tok, "pretrain", {"steps": tcfg.steps})
+    return build_model(mcfg, seed=seed)
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def heldout_at(model, tok, problems) -> float:
+    """Mean completion-token loss on LONG worked solutions (independent of train.heldout_loss, which always
+    uses each task's default difficulty)."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        tokens, targets = collate([(prompt(p), completion(p)) for p in problems], tok, model.cfg.max_seq_len, True)
+        loss = model(tokens, targets)["main"].item()
+    model.train(was)
+    return loss
+
+
+# --------------------------------------------------------------------------------------------
+# A short pre-training run learns (shared by the learning, MoE-bias and metrics tests)
+# --------------------------------------------------------------------------------------------
+
+LEARN_STEPS = 400
+# difficulty 1 = one-digit add/sub; its held-out split holds only 18 distinct problems
+HELDOUT_D1 = 18
+
+
+@pytest.fixture(scope="module")
+def learned(tok, tmp_path_factory):
+    run = tmp_path_factory.mktemp("learn")
+    cfg = TrainConfig(steps=LEARN_STEPS, batch_size=16, lr=1e-2, warmup=10, difficulty=1, long_frac=1.0,
+                      short_frac=0.0, eval_every=0, eval_n=4, ckpt_every=0)
+    model = make_run(run, tok, cfg)
+    problems = eval_set("add", HELDOUT_D1, difficulty=1)
+    before = heldout_at(model, tok, problems)
+    bias0 = [m.gate.bias.clone() for m in model.moe_layers()]
+    last = train_lm(run, model, tok, cfg, pretrain_batches(cfg), CPU, quiet=True)
+    return dict(run=run, model=model, cfg=cfg, last=last, problems=problems, before=before, bias0=bias0)
+
+
+def test_pretraining_lowers_training_loss(learned):
+    rows = [r for r in read_metrics(learned["run"]) if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, LEARN_STEPS + 1))
+    first = sum(r["loss"] for r in rows[:10]) / 10
+    last = sum(r["loss"] for r in rows[-10:]) / 10
+    assert first > 3.0  # ~ln(vocab) at init: the model starts knowing nothing
+    assert last < 0.5 * first, (first, last)
+    assert all(math.isfinite(r["loss"]) and all(math.isfinite(x) for x in r["mtp"]) for r in rows)
+    # the MTP loss is trained too
+    assert sum(r["mtp"][0] for r in rows[-10:]) / 10 < 0.5 * sum(r["mtp"][0] for r in rows[:10]) / 10
+
+
+def test_pretraining_lowers_heldout_loss_and_beats_chance(learned, tok):
+    model, problems = learned["model"], learned["problems"]
+    after = heldout_at(model, tok, problems)
+    assert after < 0.5 * learned["before"], (learned["before"], after)
+    res = evaluate(model, tok, problems, k=1, temperature=0.0, greedy=False)
+    # one-digit add/sub has ~28 possible answers; a model that has learnt nothing of the columns is right
+    # ~1 time in 18 at best. 400 steps get ~5/18 on this (deterministic) seed.
+    assert res["tasks"]["add"]["format"] == 1.0
+    assert res["tasks"]["add"]["pass@1"] >= 3 / HELDOUT_D1, res["examples"][:3]
+
+
+def test_train_lm_end_eval_and_checkpoint(learned):
+    rows = read_metrics(learned["run"])
+    evals = [r for r in rows if "eval" in r]
+    assert len(evals) == 1 and evals[0]["step"] == LEARN_STEPS  # eval_every=0: only at the end
+    assert set(evals[0]["eval"]) == {"heldout_loss", "greedy_add"}
+    assert learned["last"]["step"] == LEARN_STEPS and "heldout_loss" in learned["last"]
+    state = load_checkpoint(learned["run"])  # ckpt_every=0: the end still saves
+    assert state["step"] == LEARN_STEPS and state["stage"] == "pretrain"
+    assert state["train"]["difficulty"] == 1
+
+
+def test_logged_heldout_loss_uses_the_training_difficulty(learned, tok):
+    ev = [r for r in read_metrics(learned["run"]) if "eval" in r][-1]["eval"]
+    own = heldout_at(learned["model"], tok, eval_set("add", learned["cfg"].eval_n, difficulty=1))
+    assert ev["heldout_loss"] == pytest.approx(own, rel=1e-4)
+
+
+def test_moe_biases_move_and_imbalance_is_logged(learned):
+    model, cfg = learned["model"], learned["cfg"]
+    gamma = model.cfg.bias_update_speed
+    moes = model.moe_layers()
+    assert moes and all(torch.equal(b, torch.zeros_like(b)) for b in learned["bias0"])
+    for m in moes:
+        b = m.gate.bias
+        assert not b.requires_grad and b.dtype == torch.float32
+        assert b.abs().sum() > 0  # the aux-loss-free update ran
+        # one update per step of +/- gamma (or 0): b / gamma is an integer in [-steps, steps]
+        k = b / gamma
+        assert (k - k.round()).abs().max() < 1e-3 and k.abs().max() <= cfg.steps
+        # the update pushes towards balance: the biases are not all equal (some raised, some lowered)
+        assert b.max() > b.min()
+    rows = [r for r in read_metrics(learned["run"]) if "loss" in r]
+    imb = [r["load_max_over_mean"] for r in rows]
+    assert all(math.isfinite(x) and x >= 1.0 for x in imb)
+    assert max(imb) > 1.0  # a real measurement, not the dense-model default of 1.0
+    assert all(r["balance"] > 0 for r in rows)  # the sequence-wise balance loss is on
+    # the state dict (what checkpoints hold) carries the biases
+    sd = model.state_dict()
+    bias_keys = [k for k in sd if k.endswith("gate.bias")]
+    assert len(bias_keys) == len(moes)
+
+
+def test_first_step_bias_update_by_hand(tok, tmp_path):
+    """One step: each bias moves by exactly +gamma (expert under the mean load), -gamma (over) or 0, from
+    that step's loads; the logged imbalance is that step's mean over layers of max load / mean load."""
+    cfg = TrainConfig(steps=1, batch_size=8, eval_every=0, eval_n=1, ckpt_every=0, seed=5)
+    model = make_run(tmp_path / "run", tok, cfg, seed=5)
+    ref = copy.deepcopy(model)
+    tokens, targets = collate(pretrain_batches(cfg)(0), tok, ref.cfg.max_seq_len, False)
+    ref.train()
+    ref.reset_expert_load()
+    ref(tokens, targets)
+    gamma = model.cfg.bias_update_speed
+    loads = [m.load.clone() for m in ref.moe_layers()]
+    train_lm(tmp_path / "run", model, tok, cfg, pretrain_batches(cfg), CPU, quiet=True)
+    for m, load in zip(model.moe_layers(), loads):
+        assert load.sum() > 0
+        mean = load.sum() / len(load)
+        want = torch.tensor([gamma if x < mean else -gamma if x > mean else 0.0 for x in load.tolist()])
+        assert torch.allclose(m.gate.bias, want, atol=1e-9, rtol=0), (m.gate.bias, load)
+    row = [r for r in read_metrics(tmp_path / "run") if "loss" in r][0]
+    want = sum(max(load.tolist()) / (sum(load.tolist()) / len(load)) for load in loads) / len(loads)
+    assert row["load_max_over_mean"] == pytest.approx(want)
+
+
+def test_lr_logged_follows_schedule(learned):
+    cfg = learned["cfg"]
+    rows = [r for r in read_metrics(learned["run"]) if "loss" in r]
+    for r in rows[::37]:
+        assert r["lr"] == pytest.approx(lr_at(r["step"] - 1, cfg))
+
+
+# --------------------------------------------------------------------------------------------
+# Exact resume
+# --------------------------------------------------------------------------------------------
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_is_bit_exact(tok, tmp_path):
+    N = 8
+    cfg = TrainConfig(steps=N, batch_size=4, lr=3e-3, warmup=2, ckpt_every=N // 2, eval_every=0, eval_n=4, seed=3)
+    batches = pretrain_batches(cfg)
+
+    # A: N steps in one go
+    a = tmp_path / "a"
+    model_a = make_run(a, tok, cfg, seed=3)
+    train_lm(a, model_a, tok, cfg, batches, CPU, quiet=True)
+
+    # B: the same run, interrupted right after the checkpoint at N/2 ...
+    b = tmp_path / "b"
+    model_b = make_run(b, tok, cfg, seed=3)
+
+    def interrupted(step):
+        if step == N // 2:
+            raise Interrupt
+        return batches(step)
+
+    with pytest.raises(Interrupt):
+        train_lm(b, model_b, tok, cfg, interrupted, CPU, quiet=True)
+    del model_b
+    # ... then loaded from disk (in a process whose RNGs are elsewhere) and continued to N
+    torch.manual_seed(12345)
+    random.seed(12345)
+    model_r, tok_r, state = load_run(b)
+    assert state["step"] == N // 2 and state["stage"] == "pretrain"
+    half = {k: v.clone() for k, v in model_r.state_dict().items()}
+    train_lm(b, model_r, tok_r, cfg, batches, CPU, state=state, quiet=True)
+
+    sa, sb = model_a.state_dict(), model_r.state_dict()
+    assert sa.keys() == sb.keys()
+    bias_keys = [k for k in sa if k.endswith("gate.bias")]
+    assert bias_keys and all(sa[k].abs().sum() > 0 for k in bias_keys)
+    differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert differ == [], differ
+    # the resumed half really trained (the comparison above is not vacuous)
+    assert any(not torch.equal(half[k], sb[k]) for k in sb)
+    # the optimizer state matches too (so a third leg would also agree)
+    oa, ob = load_checkpoint(a)["optimizer"]["state"], load_checkpoint(b)["optimizer"]["state"]
+    assert oa.keys() == ob.keys()
+    assert all(torch.equal(oa[i][key], ob[i][key]) for i in oa for key in oa[i])
+    # and so do the RNG states the checkpoint carries (restored on resume, not the process's own)
+    ra, rb = load_checkpoint(a)["rng"], load_checkpoint(b)["rng"]
+    assert torch.equal(ra["torch"], rb["torch"]) and ra["python"] == rb["python"]
+    # the metrics of B continue at N/2 + 1, with the same losses as A
+    la = [r["loss"] for r in read_metrics(a) if "loss" in r]
+    lb = [(r["step"], r["loss"]) for r in read_metrics(b) if "loss" in r]
+    assert [s for s, _ in lb] == list(range(1, N + 1))
+    assert [l for _, l in lb] == la
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints: atomic writes, corrupt and missing files
+# --------------------------------------------------------------------------------------------
+
+
+def _state(step):
+    return {"model": {"w": torch.full((3,), float(step))}, "config": {}, "step": step}
+
+
+def test_checkpoint_crash_mid_write_keeps_previous(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run, 1, _state(1))
+    save_checkpoint(run, 2, _state(2))
+    assert load_checkpoint(run)["step"] == 2
+
+    real_save = torch.save
+
+    def crashing_save(obj, f, *a, **kw):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(runs.torch, "save", crashing_save)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(run, 3, _state(3))
+    monkeypatch.setattr(runs.torch, "save", real_save)
+
+    latest = (run / "ckpt" / "latest").read_text().strip()
+    assert latest == "step_000002.pt"
+    assert not (run / "ckpt" / "step_000003.pt").exists()
+    state = load_checkpoint(run)
+    assert state["step"] == 2 and torch.equal(state["model"]["w"], torch.full((3,), 2.0))
+    # no half-written file is ever named by latest, and the older checkpoint survives too
+    assert {p.name for p in (run / "ckpt").glob("step_*.pt")} == {"step_000001.pt", "step_000002.pt"}
+    # after the crash, the next save works and prunes to the newest two
+    save_checkpoint(run, 3, _state(3))
+    assert load_checkpoint(run)["step"] == 3
+    assert {p.name for p in (run / "ckpt").glob("step_*.pt")} == {"step_000002.pt", "step_000003.pt"}
+
+
+def test_corrupt_checkpoint_is_r1error(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run, 1, _state(1))
+    path = save_checkpoint(run, 2, _state(2))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(R1Error) as e:
+        load_checkpoint(run)
+    msg = str(e.value)
+    assert "is corrupt or unreadable" in msg and "step_000002.pt" in msg and "\n" not in msg
+
+
+def test_garbage_and_foreign_checkpoints_are_r1error(tmp_path):
+    run = tmp_path / "run"
+    (run / "ckpt").mkdir(parents=True)
+    (run / "ckpt" / "latest").write_text("step_000001.pt")
+    (run / "ckpt" / "step_000001.pt").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(R1Error, match="is corrupt or unreadable"):
+        load_checkpoint(run)
+    torch.save({"weights": 1}, run / "ckpt" / "step_000001.pt")  # a torch file, not ours
+    with pytest.raises(R1Error, match="not an r1.py checkpoint"):
+        load_checkpoint(run)
+
+
+def test_missing_run_dir_or_checkpoint_is_r1error(tmp_path):
+    with pytest.raises(R1Error, match="does not exist"):
+        load_checkpoint(tmp_path / "nope")
+    with pytest.raises(R1Error, match="does not exist"):
+        load_run(tmp_path / "nope")
+    run = tmp_path / "empty"
+    run.mkdir()
+    with pytest.raises(R1Error, match="no checkpoint"):
+        load_checkpoint(run)
+    (run / "ckpt").mkdir()
+    (run / "ckpt" / "latest").write_text("step_000007.pt")  # points at a file that is gone
+    with pytest.raises(R1Error, match="which is missing"):
+        load_checkpoint(run)
+
+
+# --------------------------------------------------------------------------------------------
+# load_run: consistency of checkpoint, config and tokenizer
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def valid_run(tok, tmp_path):
+    run = tmp_path / "valid"
+    mcfg = small_cfg(tok)
+    run.mkdir()
+    save_run_files(run, mcfg, tok, "pretrain", {})
+    model = build_model(mcfg, seed=0)
+    save_checkpoint(run, 1, {"model": model.state_dict(), "config": mcfg.to_dict(), "step": 1, "stage": "pretrain"})
+    return run, model
+
+
+def test_load_run_roundtrip(valid_run, tok):
+    run, model = valid_run
+    m2, tok2, state = load_run(run)
+    assert tok2.vocab_size == tok.vocab_size and state["step"] == 1
+    assert all(torch.equal(v, m2.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_load_run_tokenizer_mismatch(valid_run, tok):
+    run, _ = valid_run
+    other = Tokenizer.build(["User asks something"])
+    assert other.vocab_size != tok.vocab_size
+    other.save(run / "tokenizer.json")
+    with pytest.raises(R1Error, match="config/tokenizer mismatch") as e:
+        load_run(run)
+    assert str(other.vocab_size) in str(e.value) and str(tok.vocab_size) in str(e.value)
+
+
+def test_load_run_config_mismatch(valid_run, tok):
+    run, model = valid_run
+    state = load_checkpoint(run)
+    state["config"]["vocab_size"] = tok.vocab_size + 5
+    save_checkpoint(run, 2, state)
+    with pytest.raises(R1Error, match="config/tokenizer mismatch"):
+        load_run(run)
+    # vocab agrees but the weights do not fit the config
+    state["config"]["vocab_size"] = tok.vocab_size
+    state["config"]["dim"] = 48
+    save_checkpoint(run, 3, state)
+    with pytest.raises(R1Error, match="do not fit"):
+        load_run(run)
+    state["config"]["no_such_field"] = 1
+    save_checkpoint(run, 4, state)
+    with pytest.raises(R1Error, match="config is invalid"):
+        load_run(run)
+
+
+def test_load_run_missing_or_corrupt_tokenizer(valid_run):
+    run, _ = valid_run
+    (run / "tokenizer.json").write_text("{not json")
+    with pytest.raises(R1Error, match="tokenizer.json is corrupt"):
+        load_run(run)
+    (run / "tokenizer.json").unlink()
+    with pytest.raises(R1Error, match="no tokenizer.json"):
+        load_run(run)
+
+
+# --------------------------------------------------------------------------------------------
+# The learning-rate schedule
+# --------------------------------------------------------------------------------------------
+
+
+def test_lr_schedule_by_hand():
+    cfg = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1)
+    # warm-up: lr * (step + 1) / warmup
+    assert lr_at(0, cfg) == pytest.approx(0.2)
+    assert lr_at(4, cfg) == pytest.approx(1.0)
+    assert lr_at(9, cfg) == pytest.approx(2.0)
+    # cosine over the remaining 100 steps, from lr to 0.1 * lr = 0.2
+    assert lr_at(10, cfg) == pytest.approx(2.0)
+    assert lr_at(60, cfg) == pytest.approx(0.2 + 1.8 * 0.5)  # half way: the mean of both ends
+    assert lr_at(35, cfg) == pytest.approx(0.2 + 1.8 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_at(110, cfg) == pytest.approx(0.2)
+    assert lr_at(500, cfg) == pytest.approx(0.2)  # clamped after the end
+    lrs = [lr_at(s, cfg) for s in range(110)]
+    assert all(x <= y for x, y in zip(lrs[:10], lrs[1:11]))  # rises through warm-up
+    assert all(x >= y for x, y in zip(lrs[10:], lrs[11:]))  # then never rises
+    assert min(lrs[10:]) > 0.2  # the last trained step is still above the floor
+
+
+def test_lr_schedule_without_warmup():
+    cfg = TrainConfig(steps=4, warmup=0, lr=1.0, min_lr_frac=0.0)
+    assert [lr_at(s, cfg) for s in range(5)] == pytest.approx([1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5,
+                                                               (1 + math.cos(3 * math.pi / 4)) / 2, 0.0])
+
+
+@pytest.mark.parametrize("kw", [dict(steps=0), dict(steps=-1), dict(lr=0.0), dict(lr=float("nan")),
+                                dict(batch_size=0), dict(warmup=-1), dict(eval_n=0)])
+def test_trainconfig_rejects_bad_values(kw):
+    with pytest.raises(R1Error):
+        TrainConfig(**kw)
+
+
+def test_trainconfig_rejects_negative_min_lr_frac():
+    with pytest.raises(R1Error):
+        TrainConfig(min_lr_frac=-1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# collate
+# --------------------------------------------------------------------------------------------
+
+
+def test_collate_by_hand(tok):
+    pairs = [("User: 1+2\nAssistant:", "<think>1+2+0=3</think><answer>3</answer>"),
+             ("User: 12+3\nAssistant:", "<think></think><answer>15</answer>")]
+    for completion_only in (False, True):
+        tokens, targets = collate(pairs, tok, 256, completion_only)
+        p_lens = [len(tok.encode(p)) for p, _ in pairs]
+        c_ids = [tok.encode(c) for _, c in pairs]
+        lens = [pl + len(c) + 1 for pl, c in zip(p_lens, c_ids)]  # <bos> prompt completion (no <eos> input)
+        assert tokens.shape == targets.shape == (2, max(lens))
+        for i, (p, c) in enumerate(pairs):
+            full = [tok.bos_id] + tok.encode(p) + c_ids[i] + [tok.eos_id]
+            assert tokens[i, :lens[i]].tolist() == full[:-1]
+            assert (tokens[i, lens[i]:] == tok.pad_id).all()
+            want = full[1:]
+            if completion_only:
+                # every prompt token's target is masked; the first kept target is the completion's first token
+                want = [-100] * p_lens[i] + want[p_lens[i]:]
+                assert want[p_lens[i]] == c_ids[i][0]
+            assert targets[i, :lens[i]].tolist() == want
+            assert targets[i, lens[i] - 1].item() == tok.eos_id
+            assert (targets[i, lens[i]:] == -100).all()
+        kept = (targets != -100).sum().item()
+        assert kept == (sum(len(c) + 1 for c in c_ids) if completion_only else sum(lens))
+
+
+def test_collate_too_long_raises(tok):
+    p, c = "User: 1+2\nAssistant:", "<think></think><answer>3</answer>"
+    n = len(tok.encode(p, bos=True) + tok.encode(c, eos=True)) - 1  # model input length
+    collate([(p, c)], tok, n, True)  # exactly fits
+    with pytest.raises(R1Error, match="max_seq_len"):
+        collate([(p, c)], tok, n - 1, True)
+
+
+# --------------------------------------------------------------------------------------------
+# read_jsonl and sft_batches
+# --------------------------------------------------------------------------------------------
+
+
+def test_read_jsonl_ok_and_blank_lines(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"prompt": "a", "completion": "b"}\n\n{"prompt": "c", "completion": "d", "x": 1}\n')
+    assert read_jsonl(f) == [("a", "b"), ("c", "d")]
+
+
+def test_read_jsonl_malformed_line_names_it(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"prompt": "a", "completion": "b"}\n\n{"prompt": "c", "completion"\n')
+    with pytest.raises(R1Error, match=r"d\.jsonl:3: not valid JSON"):
+        read_jsonl(f)
+
+
+@pytest.mark.parametrize("line", ['{"prompt": "a"}', '{"completion": "b"}', '{"prompt": 1, "completion": "b"}',
+                                  '["a", "b"]', '"just a string"'])
+def test_read_jsonl_missing_fields(tmp_path, line):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"prompt": "a", "completion": "b"}\n' + line + "\n")
+    with pytest.raises(R1Error, match=r"d\.jsonl:2: .*'prompt' and 'completion'"):
+        read_jsonl(f)
+
+
+def test_read_jsonl_missing_or_empty_file(tmp_path):
+    with pytest.raises(R1Error, match="no such file"):
+        read_jsonl(tmp_path / "nope.jsonl")
+    (tmp_path / "e.jsonl").write_text("\n\n")
+    with pytest.raises(R1Error, match="no examples"):
+        read_jsonl(tmp_path / "e.jsonl")
+
+
+def test_sft_batches_are_epochs_of_permutations():
+    pairs = [(str(i), str(i)) for i in range(10)]
+    cfg = TrainConfig(batch_size=4, seed=1)
+    batch = train.sft_batches(pairs, cfg)
+    seen = [x for s in range(5) for x in batch(s)]  # 20 = two epochs
+    assert sorted(seen[:10]) == sorted(pairs) and sorted(seen[10:]) == sorted(pairs)
+    assert seen[:10] != pairs  # shuffled
+    assert batch(3) == batch(3)  # a pure function of the step
+
+
+def test_pretrain_batches_pure_function_of_seed_and_step():
+    cfg = TrainConfig(batch_size=4, seed=2, difficulty=2)
+    b = pretrain_batches(cfg)
+    assert b(5) == b(5) and b(5) != b(6)
+    assert pretrain_batches(TrainConfig(batch_size=4, seed=3, difficulty=2))(5) != b(5)
