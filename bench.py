@@ -2,6 +2,7 @@
 
     python r1.py bench                 everything below on the default sizes
     python r1.py bench --only train    training throughput and MFU only (also: sampler, rewards)
+    python r1.py bench --only sampler --run runs/zero/rl   the sampler also on a trained model
 
 - matmul peak: the machine's own fp32 and bf16 GEMM throughput, the denominator of MFU;
 - training: tokens/s of forward + backward + AdamW for the `tiny` and `small` presets, model FLOPs per
@@ -72,13 +73,22 @@ def bench_train(compile: bool = False):
               f"{100 * r['gflops'] / p16:>9.1f}%")
 
 
-def bench_sampling():
+def bench_sampling(run: str | None = None):
+    """Random-weight tiny and small models; with `run`, also that trained model on real prompts
+    (where the MTP draft is worth something: acceptance on random weights is ~0)."""
     from sampler import bench_sampler
 
-    for name in ("tiny", "small"):
-        model = build_model(preset(name), seed=0).eval()
-        print(f"sampler, {name} preset (random weights):")
-        for row in bench_sampler(model):
+    models = [(f"{name} preset (random weights)", build_model(preset(name), seed=0), None) for name in ("tiny", "small")]
+    if run is not None:
+        from data import eval_set, prompt
+        from train import load_run
+
+        model, tok, _ = load_run(run)
+        prompts = [tok.encode(prompt(p), bos=True) for p in eval_set("add", 64)]
+        models.append((f"trained model {run} (held-out add prompts)", model, prompts))
+    for name, model, prompts in models:
+        print(f"sampler, {name}:")
+        for row in bench_sampler(model.eval(), prompts=prompts):
             print("  " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
 
 
@@ -89,10 +99,10 @@ def bench_reward_fns():
     print("rewards: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
 
 
-def main(only: str | None = None, compile: bool = False):
+def main(only: str | None = None, compile: bool = False, run: str | None = None):
     if only in (None, "train"):
         bench_train(compile)
     if only in (None, "sampler"):
-        bench_sampling()
+        bench_sampling(run)
     if only in (None, "rewards"):
         bench_reward_fns()

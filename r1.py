@@ -328,7 +328,7 @@ def cmd_plot(args):
 def cmd_bench(args):
     import bench
 
-    bench.main(args.only, compile=args.compile)
+    bench.main(args.only, compile=args.compile, run=args.run)
 
 
 def cmd_params(args):
@@ -454,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="throughput, FLOPs per token and MFU against this machine's matmul peak")
     p.add_argument("--only", choices=["train", "sampler", "rewards"], default=None, help="one part only")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (slow to start)")
+    p.add_argument("--run", default=None, help="also benchmark the sampler on this trained run")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("params", help="parameter counts and KV-cache size of a preset (meta device)")

@@ -315,25 +315,27 @@ def _greedy_no_cache(model, prompts: list[list[int]], new_tokens: int, pad_id: i
 
 
 def bench_sampler(model, batch_sizes=(1, 16, 64), new_tokens: int = 128, prompt_len: int = 30,
-                  no_cache_max_batch: int = 16, seed: int = 0) -> list[dict]:
+                  no_cache_max_batch: int = 16, seed: int = 0, prompts: list[list[int]] | None = None) -> list[dict]:
     """Greedy decode tokens/s: with the cache vs re-running the full sequence each step (skipped
     above `no_cache_max_batch` rows: quadratic and slow), and speculative vs plain (with the
-    MTP acceptance rate). No EOS, so every row makes exactly `new_tokens` tokens."""
+    MTP acceptance rate). No EOS, so every row makes exactly `new_tokens` tokens. Random prompts
+    unless `prompts` (say, real task prompts for a trained model) are given."""
     rng = random.Random(seed)
     was_training = model.training
     model.eval()
     W = model.cfg.vocab_size
     rows = []
     for B in batch_sizes:
-        prompts = [[rng.randrange(W) for _ in range(prompt_len - rng.randrange(4))] for _ in range(B)]
+        batch = ([[rng.randrange(W) for _ in range(prompt_len - rng.randrange(4))] for _ in range(B)]
+                 if prompts is None else [prompts[i % len(prompts)] for i in range(B)])
         kw = dict(max_new_tokens=new_tokens, temperature=0.0, eos_id=-1, pad_id=0)
         row = {"batch": B, "new_tokens": new_tokens}
         t0 = time.perf_counter()
-        plain = generate(model, prompts, **kw)
+        plain = generate(model, batch, **kw)
         row["cached_tok_s"] = B * new_tokens / (time.perf_counter() - t0)
         if B <= no_cache_max_batch:
             t0 = time.perf_counter()
-            _greedy_no_cache(model, prompts, new_tokens, pad_id=0)
+            _greedy_no_cache(model, batch, new_tokens, pad_id=0)
             row["no_cache_tok_s"] = B * new_tokens / (time.perf_counter() - t0)
             row["cache_speedup"] = row["cached_tok_s"] / row["no_cache_tok_s"]
         else:
@@ -341,7 +343,7 @@ def bench_sampler(model, batch_sizes=(1, 16, 64), new_tokens: int = 128, prompt_
             row["note"] = f"no-cache run skipped above batch {no_cache_max_batch} (quadratic)"
         if model.cfg.mtp_depth >= 1:
             t0 = time.perf_counter()
-            spec = generate(model, prompts, speculative=True, **kw)
+            spec = generate(model, batch, speculative=True, **kw)
             row["spec_tok_s"] = B * new_tokens / (time.perf_counter() - t0)
             row["spec_speedup"] = row["spec_tok_s"] / row["cached_tok_s"]
             row["acceptance"] = spec.accepted / max(spec.proposed, 1)

@@ -34,7 +34,7 @@ from runs import (Metrics, Progress, R1Error, autocast, load_checkpoint, read_js
 
 @dataclass
 class TrainConfig:
-    steps: int = 1200
+    steps: int = 1500
     batch_size: int = 64
     lr: float = 3e-3
     min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
@@ -46,12 +46,12 @@ class TrainConfig:
     seed: int = 0
     tasks: tuple[str, ...] = ("add",)
     # the corpus mix (data/corpus.py): LONG / SHORT / the rest GRADED
-    long_frac: float = 0.4
-    short_frac: float = 0.3
+    long_frac: float = 0.3
+    short_frac: float = 0.5
     mistake_rate: float = 0.0
     difficulty: int | None = None  # None = each task's default
     eval_every: int = 300  # held-out loss and greedy accuracy every N steps (0 = only at the end)
-    eval_n: int = 100  # held-out problems per task for those evaluations
+    eval_n: int = 50  # held-out problems per task for those evaluations
     ckpt_every: int = 300
     completion_only: bool = False  # SFT: loss on completion tokens only
 

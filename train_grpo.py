@@ -62,7 +62,7 @@ class GRPOConfig:
     steps: int = 40
     prompts_per_step: int = 16  # B questions per step
     num_generations: int = 8  # G completions per question
-    learning_rate: float = 3e-4
+    learning_rate: float = 5e-5
     beta: float = 0.0  # KL coefficient (R1: 0.001); 0 = no reference model at all
     epsilon: float = 0.2  # lower clip (1 - epsilon)
     epsilon_high: float = 0.0  # upper clip (1 + epsilon_high); 0 = same as epsilon (DAPO: 0.28)
