@@ -8,6 +8,8 @@
     python r1.py eval runs/zero                     R1's evaluation protocol (evaluate.py)
     python r1.py sample runs/zero --task add        print a few completions
     python r1.py plot runs/zero                     redraw a run's plots
+    python r1.py export runs/zero/rl --hf out/     a Hugging Face DeepSeek-V3 folder (interop.py)
+    python r1.py import out/ --out runs/imported    and back, from any local DeepSeek-V3-format folder
     python r1.py params --preset deepseek-v3-671b   parameter and KV-cache counts (meta device)
     python r1.py bench                              throughput and MFU (bench.py)
 
@@ -104,32 +106,45 @@ def cmd_pretrain(args):
 
 
 def cmd_sft(args):
-    from runs import pick_device, prepare_run_dir
-    from train import TrainConfig, check_resume_config, load_run, read_jsonl, save_run_files, sft_batches, train_lm
+    from runs import pick_device
+    from train import TrainConfig, load_run, read_jsonl, sft_batches, train_lm
 
     cfg = config_from_args(TrainConfig, args, completion_only=True)
     pairs = read_jsonl(args.data)
     device = pick_device(args.device)
-    if args.run is None:
-        args.run = str(Path(args.init).parent / (Path(args.init).name + "-sft"))
-    if Path(args.run).resolve() == Path(args.init).resolve():
-        raise R1Error("--run must differ from --init: SFT writes a new run and never overwrites its start point")
+    _default_run_from_init(args, "sft")
     model, tok, _ = load_run(args.init, device)
     for i, (p, c) in enumerate(pairs, start=1):
         try:
             tok.encode(p + c)
         except ValueError as e:
             raise R1Error(f"{args.data}:{i}: {e}") from None
-    run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite)
-    state = None
-    if args.resume:
-        check_resume_config(run, model.cfg, dataclasses.asdict(cfg), "sft")
-        model, tok, state = load_run(run, device)
-    else:
-        save_run_files(run, model.cfg, tok, "sft", dataclasses.asdict(cfg), {"init": str(args.init), "data": str(args.data)})
+    run, model, tok, state = _open_stage_run(args, "sft", model, tok, cfg, {"data": str(args.data)}, device)
     _print_config(model.cfg, cfg, run, args.quiet)
     last = train_lm(run, model, tok, cfg, sft_batches(pairs, cfg), device, state, quiet=args.quiet, stage="sft")
     print(f"done: {run} (step {last.get('step')}, loss {last.get('loss', float('nan')):.4f})")
+
+
+def _default_run_from_init(args, stage: str):
+    """--run defaults to INIT-stage beside INIT; it may never be INIT itself."""
+    if args.run is None:
+        args.run = str(Path(args.init).parent / (Path(args.init).name + "-" + stage))
+    if Path(args.run).resolve() == Path(args.init).resolve():
+        raise R1Error(f"--run must differ from --init: {stage} writes a new run and never overwrites its start point")
+
+
+def _open_stage_run(args, stage, model, tok, cfg, extra, device):
+    """The run directory of a stage that starts from --init: a new one (configs and tokenizer written),
+    or, with --resume, the existing one continued with the same options."""
+    from runs import prepare_run_dir
+    from train import check_resume_config, load_run, save_run_files
+
+    run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite)
+    if args.resume:
+        check_resume_config(run, model.cfg, dataclasses.asdict(cfg), stage)
+        return (run, *load_run(run, device))
+    save_run_files(run, model.cfg, tok, stage, dataclasses.asdict(cfg), {"init": str(args.init), **extra})
+    return run, model, tok, None
 
 
 def cmd_eval(args):
@@ -177,27 +192,16 @@ def cmd_sample(args):
 
 
 def cmd_grpo(args):
-    from runs import pick_device, prepare_run_dir
-    from train import check_resume_config, load_run, save_run_files
+    from runs import pick_device
+    from train import load_run
     from train_grpo import GRPOConfig, train_grpo
 
     cfg = config_from_args(GRPOConfig, args)
-    for t in cfg.tasks:
-        _value_error(__import__("data").check_task, t)
     device = pick_device(args.device)
-    if args.run is None:
-        args.run = str(Path(args.init).parent / (Path(args.init).name + "-grpo"))
-    if Path(args.run).resolve() == Path(args.init).resolve():
-        raise R1Error("--run must differ from --init: GRPO writes a new run and never overwrites its start point")
+    _default_run_from_init(args, "grpo")
     model, tok, _ = load_run(args.init, device)
     cfg.check_fits(model.cfg)
-    run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite)
-    state = None
-    if args.resume:
-        check_resume_config(run, model.cfg, dataclasses.asdict(cfg), "grpo")
-        model, tok, state = load_run(run, device)
-    else:
-        save_run_files(run, model.cfg, tok, "grpo", dataclasses.asdict(cfg), {"init": str(args.init)})
+    run, model, tok, state = _open_stage_run(args, "grpo", model, tok, cfg, {}, device)
     _print_config(model.cfg, cfg, run, args.quiet)
     last = train_grpo(run, model, tok, cfg, device, state, quiet=args.quiet)
     print(f"done: {run} (step {last.get('step')}, reward {last.get('reward', float('nan')):.3f})")
@@ -331,6 +335,20 @@ def cmd_bench(args):
     bench.main(args.only, compile=args.compile, run=args.run)
 
 
+def cmd_export(args):
+    from interop import export_hf
+
+    out = export_hf(args.run, args.hf, overwrite=args.overwrite)
+    print(f"wrote a Hugging Face DeepSeek-V3 folder: {out}")
+
+
+def cmd_import(args):
+    from interop import import_hf
+
+    out = import_hf(args.hf_dir, args.out, overwrite=args.overwrite)
+    print(f"wrote run {out} (use it with grpo, sft, eval or sample)")
+
+
 def cmd_params(args):
     from model import count_params, preset
 
@@ -456,6 +474,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (slow to start)")
     p.add_argument("--run", default=None, help="also benchmark the sampler on this trained run")
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("export", help="write a run as a Hugging Face DeepSeek-V3 folder (transformers loads it)")
+    p.add_argument("run")
+    p.add_argument("--hf", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("import", help="turn a local Hugging Face DeepSeek-V3-format folder into a run")
+    p.add_argument("hf_dir")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("params", help="parameter counts and KV-cache size of a preset (meta device)")
     p.add_argument("--preset", default="deepseek-v3-671b", help=f"one of {', '.join(PRESETS)}")
