@@ -421,8 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(p, None)
     p.add_argument("--data", required=True, help="JSONL file, one {\"prompt\": ..., \"completion\": ...} a line")
     p.add_argument("--init", required=True, help="run directory to start from")
-    add_config_args(p, TrainConfig, skip=("completion_only", "tasks", "long_frac", "short_frac",
-                                          "mistake_rate", "difficulty"))
+    add_config_args(p, TrainConfig, skip=("completion_only", "tasks", "long_frac", "short_frac", "final_mix_steps",
+                                          "final_long_frac", "final_short_frac", "mistake_rate", "difficulty"))
     p.set_defaults(fn=cmd_sft)
 
     p = sub.add_parser("zero", help="(the default) the whole R1-Zero story on the tiny config")

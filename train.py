@@ -45,9 +45,14 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     tasks: tuple[str, ...] = ("add",)
-    # the corpus mix (data/corpus.py): LONG / SHORT / the rest GRADED
-    long_frac: float = 0.3
-    short_frac: float = 0.5
+    # the corpus mix (data/corpus.py): LONG / SHORT / the rest GRADED. Mostly worked solutions first,
+    # so the skill is learnt; then, for the last `final_mix_steps`, a mix with more SHORT answers, so
+    # the base ends up undecided about how long to think (the choice RL gets to make)
+    long_frac: float = 0.6
+    short_frac: float = 0.2
+    final_mix_steps: int = 300
+    final_long_frac: float = 0.2
+    final_short_frac: float = 0.5
     mistake_rate: float = 0.0
     difficulty: int | None = None  # None = each task's default
     eval_every: int = 300  # held-out loss and greedy accuracy every N steps (0 = only at the end)
@@ -62,6 +67,8 @@ class TrainConfig:
             raise R1Error(f"--batch-size must be > 0, got {self.batch_size}")
         if not self.lr > 0:
             raise R1Error(f"--lr must be > 0, got {self.lr}")
+        if self.final_mix_steps < 0:
+            raise R1Error(f"--final-mix-steps must be >= 0, got {self.final_mix_steps}")
         if self.warmup < 0 or self.eval_every < 0 or self.ckpt_every < 0 or self.eval_n <= 0:
             raise R1Error("--warmup, --eval-every, --ckpt-every must be >= 0 and --eval-n > 0")
         if not 0 <= self.min_lr_frac <= 1:
@@ -70,8 +77,9 @@ class TrainConfig:
             raise R1Error("--beta1/--beta2 must be in [0, 1), --weight-decay >= 0 and --grad-clip > 0")
         self.tasks = tuple(self.tasks)
         try:  # one dry example checks tasks, difficulty and the corpus mix before anything is written
-            build_corpus(1, tasks=self.tasks, seed=0, long_frac=self.long_frac, short_frac=self.short_frac,
-                         mistake_rate=self.mistake_rate, difficulty=self.difficulty)
+            for lf, sf in ((self.long_frac, self.short_frac), (self.final_long_frac, self.final_short_frac)):
+                build_corpus(1, tasks=self.tasks, seed=0, long_frac=lf, short_frac=sf,
+                             mistake_rate=self.mistake_rate, difficulty=self.difficulty)
             eval_problems(self.tasks, self.eval_n, self.difficulty)
         except ValueError as e:
             raise R1Error(str(e)) from None
@@ -128,8 +136,10 @@ def collate(pairs: list[tuple[str, str]], tok: Tokenizer, max_len: int, completi
 def pretrain_batches(cfg: TrainConfig) -> Callable[[int], list[tuple[str, str]]]:
     """Step -> that step's batch of (prompt, completion) pairs, a pure function of (seed, step)."""
     def batch(step: int):
+        final = step >= cfg.steps - cfg.final_mix_steps
         return build_corpus(cfg.batch_size, tasks=cfg.tasks, seed=cfg.seed * 1_000_003 + step,
-                            long_frac=cfg.long_frac, short_frac=cfg.short_frac,
+                            long_frac=cfg.final_long_frac if final else cfg.long_frac,
+                            short_frac=cfg.final_short_frac if final else cfg.short_frac,
                             mistake_rate=cfg.mistake_rate, difficulty=cfg.difficulty)
     return batch
 
