@@ -565,6 +565,13 @@ class Transformer(nn.Module):
         moes = self.moe_layers()
         return torch.stack([m.load for m in moes]) if moes else torch.zeros(0, 0)
 
+    @staticmethod
+    def load_imbalance(load: torch.Tensor) -> float | None:
+        """Mean over MoE layers of (busiest expert's tokens / mean tokens per expert); 1 = balanced.
+        Layers that saw no tokens (say, the MTP block when only the main model ran) are skipped."""
+        rows = load[load.sum(1) > 0] if load.numel() else load
+        return float((rows.max(1).values / rows.mean(1)).mean()) if len(rows) else None
+
     def reset_expert_load(self):
         for m in self.moe_layers():
             m.load.zero_()

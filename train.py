@@ -231,8 +231,7 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
         # 4. log
         tokens_seen += int((targets != -100).sum())
         tps = tokens_seen / (time.perf_counter() - t0)
-        load = model.expert_load()
-        imbalance = float((load.max(1).values / load.mean(1).clamp(min=1)).mean()) if load.numel() else 1.0
+        imbalance = model.load_imbalance(model.expert_load())
         last = {"step": step + 1, "loss": out["main"].item(), "mtp": [l.item() for l in out["mtp"]],
                 "balance": out["balance"].item(), "lr": lr_at(step, cfg), "grad_norm": float(gnorm),
                 "load_max_over_mean": imbalance, "tokens_per_s": tps}

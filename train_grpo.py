@@ -403,7 +403,7 @@ def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, stat
             ref.load_state_dict(model.state_dict())
         # 6. log
         mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-        imbalance = float((load.max(1).values / load.mean(1).clamp(min=1)).mean()) if load.numel() else None
+        imbalance = model.load_imbalance(load)
         last = {"step": step + 1, **stats, "loss": mean(losses), "clip_frac": mean(clip), "ratio": mean(ratios),
                 "entropy": mean(ents), "kl": mean(kls), "groups_used": len(rows_all) // G,
                 "load_max_over_mean": imbalance, "routing_mismatch": mean(mismatch),

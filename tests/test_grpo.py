@@ -167,6 +167,8 @@ def test_beta_positive_uses_reference_and_logs_kl(tok, tmp_path):
                      dynamic_sampling=False, eval_every=0, ckpt_every=0, dump_every=0, eval_n=2, eval_k=1)
     last = train_grpo.train_grpo(tmp_path, model, tok, cfg, torch.device("cpu"), quiet=True)
     assert last["kl"] is not None and last["kl"] >= 0
+    assert last["load_max_over_mean"] >= 1.0  # the MTP block (idle in GRPO) must not drag it below 1
+    assert 0.0 <= last["routing_mismatch"] <= 1.0
 
 
 def test_exact_resume(tok, tmp_path):
