@@ -583,7 +583,7 @@ class Transformer(nn.Module):
         for m, l in zip(self.moe_layers(), load):
             m.update_bias(l, gamma)
 
-    def _positions_and_mask(self, B, T, device, pad_mask, cache):
+    def positions_and_mask(self, B, T, device, pad_mask, cache):
         """Rotary positions [B, T] and the attention mask [B, 1, T, S] (None = plain causal).
 
         Rows may be left-padded: pad_mask [B, T] is False on padding. A token's position counts
@@ -617,7 +617,7 @@ class Transformer(nn.Module):
         """
         B, T = tokens.shape
         absorb = (cache is not None) if absorb is None else absorb
-        pos, mask, pad_mask = self._positions_and_mask(B, T, tokens.device, pad_mask, cache)
+        pos, mask, pad_mask = self.positions_and_mask(B, T, tokens.device, pad_mask, cache)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # [B, T, R/2]
         token_mask = pad_mask if targets is None else (pad_mask & (targets != -100))
         x = self.embed(tokens)  # [B, T, D]

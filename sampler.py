@@ -290,7 +290,7 @@ def _mtp(model, mcache, h, next_tokens, valid) -> torch.Tensor:
     its cache. Returns its logits [B, T, W] (the prediction of t_{i+2})."""
     B, T = next_tokens.shape
     # same rotary positions and masks as the main model: count only valid columns
-    pos, mask, _ = model._positions_and_mask(B, T, next_tokens.device, valid, mcache)
+    pos, mask, _ = model.positions_and_mask(B, T, next_tokens.device, valid, mcache)
     hk, _ = model.mtp_forward(0, h, next_tokens, pos, mask, valid, cache=mcache, absorb=True)
     model.advance_cache(mcache, valid)
     return model.mtp_logits(0, hk)

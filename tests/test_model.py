@@ -862,7 +862,7 @@ def test_mtp_own_cache_incremental_equals_full(absorb):
         out, a = [], 0
         for n in (4, 1, 1, 2, 1):
             valid = torch.ones(B, n, dtype=torch.bool)
-            p, mask, _ = m._positions_and_mask(B, n, tokens.device, valid, mcache)
+            p, mask, _ = m.positions_and_mask(B, n, tokens.device, valid, mcache)
             hk, _ = m.mtp_forward(0, h[:, a:a + n], tokens[:, a + 1:a + n + 1], p, mask, valid, cache=mcache,
                                   absorb=absorb)
             m.advance_cache(mcache, valid)

@@ -57,7 +57,7 @@ class Bigram(nn.Module):
         return KVCache(self.cfg, batch, max_len or self.cfg.max_seq_len, n_layers=1)
 
     advance_cache = staticmethod(Transformer.advance_cache)
-    _positions_and_mask = Transformer._positions_and_mask
+    positions_and_mask = Transformer.positions_and_mask
 
     def mtp_forward(self, depth, h_prev, next_tokens, pos, mask, token_mask=None, cache=None, absorb=False):
         return F.one_hot(next_tokens, self.cfg.vocab_size).double(), 0.0
