@@ -271,7 +271,7 @@ def cmd_zero(args):
     model, tok, _ = load_run(rl_dir, device)
 
     # 4. evaluate again, then the table, report.md and the plots
-    print(f"== 4/4 evaluating after GRPO")
+    print("== 4/4 evaluating after GRPO")
     after = evaluate(model, tok, problems, k=k, max_new_tokens=rl.max_completion_length, seed=args.seed)
     rows = {f"base {t}": r for t, r in base["tasks"].items()} | {f"R1-Zero {t}": r for t, r in after["tasks"].items()}
     table = format_table(rows, TABLE_KEYS(k))

@@ -34,7 +34,6 @@ How this differs from the paper's setup, in four points:
 from __future__ import annotations
 
 import copy
-import math
 import random
 import re
 import time
@@ -47,7 +46,7 @@ import torch.nn.functional as F
 import rewards
 from data import prompt, sample_problem
 from evaluate import evaluate, thinking_tokens
-from model import MoE, Transformer
+from model import Transformer
 from runs import Metrics, Progress, R1Error, autocast, rng_state, save_checkpoint, seed_everything, set_rng_state
 from sampler import generate
 from train import eval_problems

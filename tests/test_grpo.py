@@ -1,9 +1,7 @@
 """GRPO: advantages and loss against hand-computed numbers, the invariants of SPEC 9.2, a tiny
 end-to-end run on a trivially learnable reward, exact resume, and the R1-Zero pipeline in smoke mode."""
 
-import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
