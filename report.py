@@ -41,25 +41,23 @@ def plot_run(run: str | Path, base_eval: dict | None = None) -> list[Path]:
         ex = ([0] if base_eval and t in base_eval else []) + [r["step"] for r in evals]
         ey = ([base_eval[t]] if base_eval and t in base_eval else []) + [r["eval"][t]["pass@1"] for r in evals]
         ax.plot(ex, ey, marker="o", lw=2, label=f"held-out pass@1, {t} (T=0.6)")
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("R1-Zero on a tiny model: accuracy during RL")
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=110)
-    plt.close(fig)
+    _save(fig, ax, out / "accuracy.png", "accuracy", "R1-Zero on a tiny model: accuracy during RL")
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
     ax.plot(x, [r["completion_len"] for r in steps], lw=2, label="completion length")
     ax.plot(x, [r["think_len"] for r in steps], lw=2, label="thinking length (inside <think>)")
+    _save(fig, ax, out / "length.png", "tokens per completion (training rollouts)",
+          "Thinking gets longer without being asked to")
+    return [out / "accuracy.png", out / "length.png"]
+
+
+def _save(fig, ax, path: Path, ylabel: str, title: str):
     ax.set_xlabel("GRPO step")
-    ax.set_ylabel("tokens per completion (training rollouts)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("Thinking gets longer without being asked to")
+    ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(out / "length.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return [out / "accuracy.png", out / "length.png"]
