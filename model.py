@@ -16,7 +16,7 @@ Names follow the reference implementation (deepseek-ai/DeepSeek-V3 `inference/mo
 code, paper and checkpoint keys line up: wq_a, q_norm, wq_b, wkv_a, kv_norm, wkv_b, wo, attn, ffn,
 attn_norm, ffn_norm, experts, shared_experts, enorm, hnorm, eh_proj.
 
-This file imports torch and the standard library only: no torch.distributed (scale/ wraps it).
+This file imports torch and the standard library only: no distributed code (scale/ wraps it from outside).
 
 Shape legend: B batch, T new tokens, S key positions (cache + new), D model dim, H heads,
 C kv latent rank (kv_lora_rank), Q query latent rank, N nope head dim, R rope head dim,
