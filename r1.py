@@ -83,8 +83,8 @@ def cmd_pretrain(args):
     from data import check_task, default_tokenizer
     from model import preset
     from runs import pick_device, prepare_run_dir
-    from train import TrainConfig, check_resume_config, pretrain_batches, save_run_files, train_lm, load_run
     from model import build_model
+    from train import TrainConfig, check_resume_config, load_run, pretrain_batches, save_run_files, train_lm
 
     cfg = config_from_args(TrainConfig, args)
     for t in cfg.tasks:

@@ -16,6 +16,7 @@ the optimizer, the RNG states and the step, so N steps + resume + N steps == 2N 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -148,13 +149,12 @@ def sft_batches(pairs: list[tuple[str, str]], cfg: TrainConfig) -> Callable[[int
     """Step -> a batch of the SFT set: epochs of a permutation fixed by (seed, epoch)."""
     n = len(pairs)
 
+    @functools.lru_cache(maxsize=4)  # consecutive steps reuse the current epoch's permutation
+    def permutation(epoch: int) -> list[int]:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch)).tolist()
+
     def batch(step: int):
-        out = []
-        for i in range(step * cfg.batch_size, (step + 1) * cfg.batch_size):
-            epoch, j = divmod(i, n)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
-            out.append(pairs[perm[j]])
-        return out
+        return [pairs[permutation(i // n)[i % n]] for i in range(step * cfg.batch_size, (step + 1) * cfg.batch_size)]
     return batch
 
 
