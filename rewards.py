@@ -1,10 +1,12 @@
-"""Rule-based rewards for GRPO: format, accuracy and the DAPO overlong penalty.
+"""Rule-based rewards for GRPO: format, accuracy, consistency and the DAPO overlong penalty.
 
 R1 ([R1v1] §2.2.2, [R1v2] eq. 4; SPEC §8.2) trains on two rule-based rewards with equal weights: an
 accuracy reward (1 if the final answer matches the reference, else 0) and a format reward (reasoning in
 <think>...</think>, then the answer in <answer>...</answer>). `format_weight=0` gives the Dr. GRPO
 choice of no separate format reward (SPEC §7.4); `overlong_cache > 0` adds DAPO's soft overlong
-punishment (SPEC §7.5 point 4). Every function is a pure function of strings.
+punishment (SPEC §7.5 point 4). `consistency_weight > 0` adds the toy analogue of R1's
+language-consistency reward (SPEC §8.2): the share of the thinking written in the readable step style
+of the cold-start data (data/cold_start.py). Every function is a pure function of strings.
 
 A completion is the text generated after the prompt, tags kept:
     <think>3+2+0=5 6+4+0=10 6+2+1=9 1+5+0=6</think> <answer>6905</answer>
@@ -94,6 +96,36 @@ def _blocks(completion: str) -> tuple[str, str] | None:
 def format_reward(completion: str) -> float:
     """1.0 iff the completion is one think block, then one non-empty answer block, and nothing else."""
     return 1.0 if _blocks(completion) is not None else 0.0
+
+
+# One step of readable thinking, alone on its line: "3+2+0=5", "5x-2x=3x", "x=15/3=5", "375-3=372 no",
+# the word "swap", or the summary "=6905". Segments of [0-9x()+*/-] joined by "=" (at least one "=";
+# the first segment may be empty only in the summary), an optional " no"; no class contains "=" or " ",
+# so the match is linear in the line's length.
+_READABLE_STEP = re.compile(r"swap|=[0-9/-]+|[0-9x()+*/-]+(?:=[0-9x()+*/-]+)+(?: no)?")
+
+
+def consistency_reward(completion: str) -> float:
+    """The share of the thinking's words that are readable steps, in [0, 1] (R1's language reward:
+    Num(target-language words) / Num(words), SPEC §8.2, with "language" = the readable step style).
+
+    A line that is exactly one step counts as one readable word; every whitespace-separated word of any
+    other line counts as unreadable. The cold-start style scores 1.0, R1-Zero's space-joined steps 0.0,
+    a mix in between. No thinking, or a completion whose format is wrong, scores 0.0. The length cap
+    and the linear regexes of format_reward apply, so any string is safe and fast.
+    """
+    blocks = _blocks(completion)
+    if blocks is None:
+        return 0.0
+    readable = unreadable = 0
+    for line in blocks[0].split("\n"):
+        if _READABLE_STEP.fullmatch(line):
+            readable += 1
+        else:
+            unreadable += len(line.split())
+    if readable + unreadable == 0:
+        return 0.0
+    return readable / (readable + unreadable)
 
 
 def extract_answer(completion: str) -> str | None:
@@ -280,20 +312,24 @@ def overlong_penalty(completion_len: int, max_len: int, cache: int) -> float:
 
 
 def reward(completion: str, answer: str, numbers: Sequence[int] | None = None, *,
-           format_weight: float = 1.0, completion_len: int | None = None, max_len: int | None = None,
-           overlong_cache: int = 0) -> tuple[float, dict[str, float]]:
-    """Total reward and its parts: accuracy + format_weight * format (+ DAPO overlong penalty).
+           format_weight: float = 1.0, consistency_weight: float = 0.0, completion_len: int | None = None,
+           max_len: int | None = None, overlong_cache: int = 0) -> tuple[float, dict[str, float]]:
+    """Total reward and its parts: accuracy + format_weight * format + consistency_weight * consistency
+    (+ DAPO overlong penalty).
 
-    format_weight=1 is R1's equal weighting; 0 is Dr. GRPO (no separate format reward). The overlong
-    penalty applies only when overlong_cache > 0 and both completion_len and max_len (tokens) are given.
+    format_weight=1 is R1's equal weighting; 0 is Dr. GRPO (no separate format reward).
+    consistency_weight=0 is R1-Zero (the part is still computed, for logging); R1 adds the language
+    reward directly, weight 1. The overlong penalty applies only when overlong_cache > 0 and both
+    completion_len and max_len (tokens) are given.
     """
     if overlong_cache < 0:
         raise ValueError(f"overlong_cache must be >= 0, got {overlong_cache}")
     parts = {"accuracy": accuracy_reward(completion, answer, numbers), "format": format_reward(completion),
-             "overlong": 0.0}
+             "consistency": consistency_reward(completion), "overlong": 0.0}
     if overlong_cache > 0 and completion_len is not None and max_len is not None:
         parts["overlong"] = overlong_penalty(completion_len, max_len, overlong_cache)
-    parts["reward"] = parts["accuracy"] + format_weight * parts["format"] + parts["overlong"]
+    parts["reward"] = (parts["accuracy"] + format_weight * parts["format"]
+                       + consistency_weight * parts["consistency"] + parts["overlong"])
     return parts["reward"], parts
 
 

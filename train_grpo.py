@@ -24,7 +24,8 @@ rollout's expert loads -> reference reset every N steps -> log -> eval -> checkp
     python r1.py                         (pretrain + GRPO + report, the R1-Zero story)
 
 How this differs from the paper's setup, in four points:
-  1. rewards are rule-based exactly as in R1 (accuracy + format), but on toy arithmetic;
+  1. rewards are rule-based exactly as in R1 (accuracy + format, plus the language-consistency reward
+     with --consistency-weight 1 for R1's reasoning RL), but on toy arithmetic;
   2. defaults follow what works at toy scale: token-level loss, beta = 0, groups with equal rewards
      dropped (DAPO's dynamic sampling), lr 3e-4 instead of 3e-6;
   3. one mini-batch and one inner epoch per rollout by default (R1 used 16 mini-batches);
@@ -73,6 +74,7 @@ class GRPOConfig:
     top_p: float = 1.0
     max_completion_length: int = 80
     format_weight: float = 1.0  # R1: accuracy + format, equal weights; 0 = Dr. GRPO (no format reward)
+    consistency_weight: float = 0.0  # R1's language-consistency reward (toy: readable steps); 0 = R1-Zero
     dynamic_sampling: bool = True  # DAPO: drop groups whose rewards are all equal (no signal)
     mask_truncated_completions: bool = False  # DAPO overlong filtering: no loss on truncated samples
     ref_reset_every: int = 400  # R1: the reference becomes the current policy every 400 steps
@@ -93,6 +95,7 @@ class GRPOConfig:
             (self.prompts_per_step > 0, "--prompts-per-step must be > 0"),
             (self.num_generations >= 2, "--num-generations must be >= 2: a group of one has no baseline"),
             (self.learning_rate > 0, "--learning-rate must be > 0"),
+            (self.consistency_weight >= 0, "--consistency-weight must be >= 0"),
             (self.beta >= 0, "--beta must be >= 0"),
             (self.epsilon > 0 and self.epsilon_high >= 0, "--epsilon must be > 0 and --epsilon-high >= 0"),
             (self.loss_type in ("grpo", "dapo", "dr_grpo"), "--loss-type must be grpo, dapo or dr_grpo"),
@@ -261,7 +264,8 @@ def rollout(model, tok, cfg: GRPOConfig, step: int, device, gen: torch.Generator
     for row in range(out.tokens.shape[0]):
         p = problems[row // G]
         text = tok.decode(out.tokens[row][out.mask[row]].tolist())
-        r, part = rewards.reward(text, p.answer, p.numbers or None, format_weight=cfg.format_weight)
+        r, part = rewards.reward(text, p.answer, p.numbers or None, format_weight=cfg.format_weight,
+                                 consistency_weight=cfg.consistency_weight)
         texts.append(text)
         rs.append(r)
         parts.append(part)
@@ -280,10 +284,12 @@ def rollout_stats(ro: Rollout, parts, tok, G: int) -> dict:
                           for i in range(len(ro.texts))])
     acc = torch.tensor([p["accuracy"] for p in parts])
     fmt = torch.tensor([p["format"] for p in parts])
+    consistency = torch.tensor([p["consistency"] for p in parts])
     grouped = ro.rewards.view(-1, G)
     mean_or_none = lambda x, m: float(x[m].mean()) if m.any() else None  # noqa: E731
     return {
         "reward": float(ro.rewards.mean()), "accuracy": float(acc.mean()), "format": float(fmt.mean()),
+        "consistency": float(consistency.mean()),
         "zero_var_groups": float((grouped.std(1) == 0).float().mean()),
         "truncated": float(ro.truncated.float().mean()),
         "completion_len": float(lens.mean()), "think_len": float(think.mean()),

@@ -143,7 +143,7 @@ def test_bad_configs_are_clear():
 def seven_reward(text, answer, numbers=None, **kw):
     """A trivially learnable reward: the share of '7' characters in the completion."""
     r = text.count("7") / max(len(text), 1)
-    return r, {"accuracy": r, "format": 0.0, "overlong": 0.0, "reward": r}
+    return r, {"accuracy": r, "format": 0.0, "consistency": 0.0, "overlong": 0.0, "reward": r}
 
 
 def test_beta_zero_builds_no_reference_and_reward_rises(tok, tmp_path, monkeypatch):

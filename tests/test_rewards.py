@@ -244,8 +244,8 @@ def test_large_valid_expression_is_exact_and_fast():
 def test_huge_completion_scores_zero_fast():
     completion = wrap("6905", think="(" * 1_000_000)
     start = time.perf_counter()
-    assert reward(completion, "6905") == (0.0, {"accuracy": 0.0, "format": 0.0, "overlong": 0.0,
-                                                "reward": 0.0})
+    assert reward(completion, "6905") == (0.0, {"accuracy": 0.0, "format": 0.0, "consistency": 0.0,
+                                                "overlong": 0.0, "reward": 0.0})
     assert time.perf_counter() - start < 0.1
 
 
@@ -275,7 +275,8 @@ def test_answers_equal_off_main_thread():
 
 def test_reward_parts_and_weights():
     right, wrong = wrap("6905"), wrap("6906")
-    assert reward(right, "6905") == (2.0, {"accuracy": 1.0, "format": 1.0, "overlong": 0.0, "reward": 2.0})
+    assert reward(right, "6905") == (2.0, {"accuracy": 1.0, "format": 1.0, "consistency": 0.0, "overlong": 0.0,
+                                              "reward": 2.0})
     assert reward(wrong, "6905")[0] == 1.0
     assert reward(right, "6905", format_weight=0.0)[0] == 1.0  # Dr. GRPO: no separate format reward
     assert reward(wrong, "6905", format_weight=0.0)[0] == 0.0
