@@ -4,7 +4,8 @@ majority-vote answer, pass@k with the unbiased estimator, and greedy accuracy, p
 
 Also what the R1-Zero story needs: the format rate and the thinking length in tokens (the text
 between <think> and </think>, counted apart from the whole completion, so a model cannot look
-like it "thinks longer" by padding after its answer).
+like it "thinks longer" by padding after its answer); and what R1 adds: the readability of the
+thinking (rewards.consistency_reward, the toy language-consistency metric).
 
     python r1.py eval runs/NAME --k 8 --n 100 --tasks add,mul
 """
@@ -94,6 +95,7 @@ def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: fl
                 correct.append(score(p, text))
                 answers.append(rewards.extract_answer(text))
                 m["format"].append(rewards.format_reward(text))
+                m["consistency"].append(rewards.consistency_reward(text))
                 m["think_len"].append(thinking_tokens(gen_ids, think_id, end_think_id))
                 full = m["think_len"][-1] >= gold_think
                 m["full_think"].append(float(full))
@@ -125,12 +127,13 @@ def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: fl
 
 def format_table(rows: dict[str, dict], keys: list[str]) -> str:
     """A plain-text table: one row per name, one column per key (percentages for rates)."""
-    head = f"{'':<18}" + "".join(f"{k:>11}" for k in keys)
-    lines = [head]
+    name_w = max([18] + [len(name) + 1 for name in rows])
+    width = {k: max(11, len(k) + 1) for k in keys}
+    lines = [" " * name_w + "".join(f"{k:>{width[k]}}" for k in keys)]
     for name, r in rows.items():
         cells = []
         for k in keys:
-            v = r.get(k)
-            cells.append(f"{'-':>11}" if v is None else (f"{100 * v:>10.1f}%" if "len" not in k else f"{v:>11.1f}"))
-        lines.append(f"{name:<18}" + "".join(cells))
+            v, w = r.get(k), width[k]
+            cells.append(f"{'-':>{w}}" if v is None else (f"{100 * v:>{w - 1}.1f}%" if "len" not in k else f"{v:>{w}.1f}"))
+        lines.append(f"{name:<{name_w}}" + "".join(cells))
     return "\n".join(lines)
