@@ -6,6 +6,11 @@
     python r1.py sft --data F.jsonl --init runs/base --run runs/sft   supervised fine-tuning
     python r1.py grpo --init runs/base --run runs/zero              R1-Zero RL from a base (train_grpo.py)
     python r1.py eval runs/zero                     R1's evaluation protocol (evaluate.py)
+    python r1.py recipe --zero runs/zero            the full R1 recipe after R1-Zero (recipe.py): Dev1,
+                                                    Dev2, Dev3, R1, distillation, the two tables
+    python r1.py cold-start --out F.jsonl           readable cold-start SFT data (data/cold_start.py)
+    python r1.py rejection-sample runs/dev2 --out F.jsonl   verified training answers for SFT
+    python r1.py distill --teacher runs/r1 --student-preset student   distilled vs RL-only student
     python r1.py sample runs/zero --task add        print a few completions
     python r1.py plot runs/zero                     redraw a run's plots
     python r1.py export runs/zero/rl --hf out/     a Hugging Face DeepSeek-V3 folder (interop.py)
@@ -161,11 +166,97 @@ def cmd_eval(args):
     tasks = _tasks(args.tasks)
     res = evaluate(model, tok, [p for t in tasks for p in eval_set(t, args.n)], k=args.k,
                    temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    keys = ["pass@1", f"cons@{args.k}", f"pass@{args.k}", "greedy", "format", "think_len"]
+    keys = ["pass@1", f"cons@{args.k}", f"pass@{args.k}", "greedy", "format", "consistency", "think_len"]
     print(format_table(res["tasks"] | {"overall": res["overall"]}, keys))
     out = Path(args.run) / "eval.json" if args.json is None else Path(args.json)
     out.write_text(json.dumps({k: v for k, v in res.items() if k != "examples"}, indent=2))
     print(f"wrote {out}")
+
+
+def cmd_cold_start(args):
+    from data.cold_start import cold_start_set
+    from recipe import write_jsonl
+
+    _positive(n=args.n)
+    rows = _value_error(cold_start_set, args.n, tasks=tuple(_tasks(args.tasks)), seed=args.seed)
+    write_jsonl(rows, args.out, overwrite=args.overwrite)
+    print(f"e.g. {rows[0]['prompt'].splitlines()[-2]}\n{rows[0]['completion']}")
+    print(f"wrote {len(rows)} readable cold-start examples to {args.out} "
+          f"(next: python r1.py sft --data {args.out} --init BASE --run DEV1)")
+
+
+def cmd_rejection_sample(args):
+    import json
+
+    from recipe import RejectionConfig, describe_rejection, rejection_sample, write_jsonl
+    from runs import pick_device
+    from train import load_run
+
+    cfg = config_from_args(RejectionConfig, args)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise R1Error(f"{out} already exists: pass --overwrite to replace it, or choose another --out")
+    device = pick_device(args.device)
+    model, tok, _ = load_run(args.run, device)
+    rows, stats = rejection_sample(model, tok, cfg, device, quiet=args.quiet)
+    print(describe_rejection(stats))
+    if not rows:
+        raise R1Error(f"no sample of {args.run} passed the filters: nothing written to {out}")
+    write_jsonl(rows, out, overwrite=args.overwrite)
+    out.with_suffix(".stats.json").write_text(json.dumps(stats, indent=2))
+    print(f"wrote {out} (next: python r1.py sft --data {out} --init BASE --run OUT)")
+
+
+def _recipe_config(args):
+    from recipe import RecipeConfig
+
+    cfg = config_from_args(RecipeConfig, args)
+    return RecipeConfig.smoke(**{k: v for k, v in dataclasses.asdict(cfg).items()
+                                 if getattr(args, k, None) is not None}) if args.smoke else cfg
+
+
+def cmd_distill(args):
+    from recipe import Stopwatch, check_distill, distill, format_table, rows_by_task, table_keys
+    from runs import pick_device, prepare_run_dir
+
+    cfg = _recipe_config(args)
+    if args.student_preset is not None:
+        cfg = dataclasses.replace(cfg, student_preset=args.student_preset)
+    student_base = Path(args.student_base) if args.student_base else None
+    data = Path(args.data) if args.data else None
+    check_distill(Path(args.teacher), cfg, student_base, data)  # before the run directory is made
+    device = pick_device(args.device)
+    run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite)
+    res = distill(Path(args.teacher), run, cfg, device, args.quiet, Stopwatch(args.quiet), student_base, data)
+    print("\n" + format_table(rows_by_task(res["eval"]), table_keys(cfg.eval_k)))
+    print(f"wrote {run / 'results.json'}")
+
+
+def cmd_recipe(args):
+    """The R1-Zero run (reused with --zero, else made in RUN/zero), then recipe.run_recipe."""
+    from argparse import Namespace
+
+    from recipe import Stopwatch, run_recipe
+    from runs import load_checkpoint, pick_device, prepare_run_dir
+
+    cfg = _recipe_config(args)
+    zero = Path(args.zero) if args.zero else None
+    if zero is not None:
+        for part in ("base", "rl"):
+            load_checkpoint(zero / part)
+    student_base = Path(args.student_base) if args.student_base else None
+    if student_base is not None:
+        load_checkpoint(student_base)
+    device = pick_device(args.device)
+    run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite)
+    clock = Stopwatch(args.quiet)
+    if zero is None:
+        zero = run / "zero"
+        clock.stage("R1-Zero", f"the R1-Zero story (python r1.py) -> {zero}")
+        cmd_zero(Namespace(run=str(zero), resume=(zero / "base").exists(), overwrite=False, device=args.device,
+                           preset="tiny", seed=cfg.seed, k=cfg.eval_k, n=cfg.eval_n, skip_base_check=False,
+                           smoke=cfg.smoke, quiet=args.quiet))
+    run_recipe(run, zero, cfg, device, args.quiet, student_base, clock)
 
 
 def cmd_sample(args):
@@ -404,6 +495,7 @@ def _print_config(model_cfg, stage_cfg, run, quiet):
 
 def build_parser() -> argparse.ArgumentParser:
     from model import PRESETS
+    from recipe import RecipeConfig, RejectionConfig
     from train import TrainConfig
     from train_grpo import GRPOConfig
 
@@ -457,6 +549,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="where to write the results (default RUN/eval.json)")
     p.add_argument("--device", default="auto")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("recipe", help="the full R1 recipe: Dev1, Dev2, Dev3, R1, distillation, two tables")
+    add_run_args(p, "runs/recipe")
+    p.add_argument("--zero", default=None, help="an existing R1-Zero run (python r1.py) whose base/ and rl/ "
+                                                "are used; without it the R1-Zero story runs first in RUN/zero")
+    p.add_argument("--student-base", default=None, help="an existing pre-trained student run (skips its pre-training)")
+    p.add_argument("--smoke", action="store_true", help="a few steps of everything (for tests)")
+    add_config_args(p, RecipeConfig, skip=("smoke",))
+    p.set_defaults(fn=cmd_recipe)
+
+    p = sub.add_parser("cold-start", help="write readable cold-start SFT examples (JSONL)")
+    p.add_argument("--out", required=True, help="JSONL file to write")
+    p.add_argument("--n", type=int, default=300, help="examples (default 300)")
+    p.add_argument("--tasks", default="add", help="comma-separated tasks (default add)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(fn=cmd_cold_start)
+
+    p = sub.add_parser("rejection-sample", help="k samples per training prompt, keep the verified ones (JSONL)")
+    p.add_argument("run")
+    p.add_argument("--out", required=True, help="JSONL file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    add_config_args(p, RejectionConfig)
+    p.set_defaults(fn=cmd_rejection_sample)
+
+    p = sub.add_parser("distill", help="a small dense student: SFT on a teacher's samples vs RL alone")
+    add_run_args(p, "runs/distill")
+    p.add_argument("--teacher", required=True, help="the teacher run (e.g. RUN/r1 of a recipe)")
+    p.add_argument("--student-preset", default=None, help="dense student size (default student)")
+    p.add_argument("--student-base", default=None, help="an existing pre-trained student run (skips its pre-training)")
+    p.add_argument("--data", default=None, help="SFT JSONL to distill from (default: rejection-sample the teacher)")
+    p.add_argument("--smoke", action="store_true", help="a few steps of everything (for tests)")
+    add_config_args(p, RecipeConfig, skip=("smoke", "student_preset", "cold_start_n", "cold_start_steps",
+                                           "rl_steps", "final_rl_steps", "consistency_weight", "dev3_steps"))
+    p.set_defaults(fn=cmd_distill)
 
     p = sub.add_parser("sample", help="print completions of held-out problems")
     p.add_argument("run")

@@ -1,0 +1,507 @@
+"""The full R1 recipe after R1-Zero: cold start, reasoning RL, rejection sampling, SFT, RL again, and
+distillation into a small dense student (R1 §2.3-2.4, [R1v2] §3 and Fig. 2; SPEC 8.3, 8.5, 8.7).
+
+    stage    what                                                   from           paper
+    base     pre-trained model (train.py)                           -              DeepSeek-V3-Base
+    R1-Zero  GRPO, accuracy + format rewards (train_grpo.py)        base           §2.2
+    Dev1     SFT on a few hundred readable cold-start examples      base           §2.3.1
+    Dev2     GRPO, accuracy + format + consistency rewards          Dev1           §2.3.2
+    Dev3     SFT on Dev2's rejection-sampled training answers       base (again)   §2.3.3
+    R1       GRPO again, same rewards                               Dev3           §2.3.4
+    student  a smaller dense model pre-trained the same way         -              Qwen/Llama bases
+    distill  student SFT on R1's rejection-sampled answers          student        §2.4
+    RL-only  student GRPO alone (R1-Zero rewards)                   student        §4.1, Table 6
+
+Every model is evaluated with R1's protocol on the held-out problems (evaluate.py: k samples at T=0.6,
+top-p 0.95; pass@1, cons@k, and the consistency metric), giving the two tables of the paper in miniature:
+the stages (Table 3) and distillation against RL on the small model (Table 6).
+
+Rejection sampling ([R1v2] Supp. B.3.3): k samples per *training* prompt (never the held-out split),
+kept only if the answer is right, the format is right, the thinking is not repetitive (a step repeated
+more than `max_run` times in a row; no worked solution of any task repeats a step more than 4 times),
+and the thinking is readable (consistency >= `min_consistency`, R1's filter of mixed-language chains of
+thought); exact duplicates are dropped. The kept rows are prompt/completion JSONL for `r1.py sft`.
+
+How this differs from the paper: no non-reasoning data (writing, QA) and no reward models, so the
+final RL stage uses the reasoning rewards only; SFT steps, not epochs, set the length of each SFT stage;
+the student's base is pre-trained here on the same corpus as the teacher's (the paper's students are
+Qwen/Llama bases pre-trained elsewhere).
+
+    python r1.py recipe --zero runs/zero --run runs/recipe      (reuse an R1-Zero run's base and RL)
+    python r1.py rejection-sample runs/recipe/dev2 --out runs/dev3.jsonl
+    python r1.py distill --teacher runs/recipe/r1 --student-preset student --run runs/distill
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+
+import rewards
+from data import check_task, default_tokenizer, make_problems, prompt
+from data.cold_start import cold_start_set
+from evaluate import evaluate, format_table
+from model import ModelConfig, build_model, count_params, preset
+from runs import R1Error, autocast, load_checkpoint
+from sampler import generate
+from train import TrainConfig, eval_problems, load_run, pretrain_batches, save_run_files, sft_batches, train_lm
+from train_grpo import GRPOConfig, train_grpo
+
+
+# --------------------------------------------------------------------------------------------
+# Rejection sampling
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RejectionConfig:
+    n_prompts: int = 500  # distinct training prompts per task
+    k: int = 4  # samples per prompt
+    temperature: float = 1.0  # R1 sampled cold-start candidates at 1.0: diversity, then filters
+    top_p: float = 1.0
+    max_new_tokens: int = 96
+    max_run: int = 4  # a thinking step repeated more than this many times in a row is "repetitive"
+    min_consistency: float = 1.0  # R1 dropped mixed-language CoTs; 0 keeps any layout (e.g. for R1-Zero)
+    tasks: tuple[str, ...] = ("add",)
+    difficulty: int | None = None
+    seed: int = 1  # the problems are make_problems(task, n, split="train", seed=seed)
+
+    def __post_init__(self):
+        if self.n_prompts <= 0 or self.k <= 0 or self.max_new_tokens <= 0 or self.max_run <= 0:
+            raise R1Error("--n-prompts, --k, --max-new-tokens and --max-run must be > 0")
+        if not (self.temperature > 0 and 0 < self.top_p <= 1 and 0 <= self.min_consistency <= 1):
+            raise R1Error("--temperature must be > 0, --top-p in (0, 1] and --min-consistency in [0, 1]")
+        self.tasks = tuple(self.tasks)
+        if not self.tasks:
+            raise R1Error("--tasks is empty")
+        for t in self.tasks:
+            try:
+                check_task(t)
+            except ValueError as e:
+                raise R1Error(str(e)) from None
+
+
+def is_repetitive(completion: str, max_run: int) -> bool:
+    """True if one thinking step (a whitespace-separated word) repeats more than max_run times in a row."""
+    think = completion.split("</think>")[0]
+    run, previous = 0, None
+    for word in think.split():
+        run = run + 1 if word == previous else 1
+        if run > max_run:
+            return True
+        previous = word
+    return False
+
+
+@torch.no_grad()
+def rejection_sample(model, tok, cfg: RejectionConfig, device, quiet: bool = False,
+                     batch_rows: int = 256) -> tuple[list[dict], dict]:
+    """k samples per training prompt, filtered (see the module docstring). Returns (rows, stats): rows
+    {"prompt", "completion", "task", "question"}; stats count each reason a sample was dropped."""
+    problems = [p for t in cfg.tasks
+                for p in make_problems(t, cfg.n_prompts, split="train", seed=cfg.seed, difficulty=cfg.difficulty)]
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    stop = [tok.encode("</answer>")]
+    stats = dict.fromkeys(["samples", "wrong_format", "wrong_answer", "repetitive", "unreadable", "duplicate"], 0)
+    rows, seen, t0 = [], set(), time.perf_counter()
+    chunk = max(1, batch_rows // cfg.k)
+    for i in range(0, len(problems), chunk):
+        batch = problems[i:i + chunk]
+        ids = [tok.encode(prompt(p), bos=True) for p in batch]
+        with autocast(device):
+            out = generate(model, ids, num_samples=cfg.k, max_new_tokens=cfg.max_new_tokens,
+                           temperature=cfg.temperature, top_p=cfg.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                           stop_sequences=stop, generator=gen)
+        for row in range(out.tokens.shape[0]):
+            p = batch[row // cfg.k]
+            text = tok.decode(out.tokens[row][out.mask[row]].tolist())
+            stats["samples"] += 1
+            if rewards.format_reward(text) == 0:
+                stats["wrong_format"] += 1
+            elif rewards.accuracy_reward(text, p.answer, p.numbers or None) == 0:
+                stats["wrong_answer"] += 1
+            elif is_repetitive(text, cfg.max_run):
+                stats["repetitive"] += 1
+            elif rewards.consistency_reward(text) < cfg.min_consistency:
+                stats["unreadable"] += 1
+            elif (prompt(p), text) in seen:
+                stats["duplicate"] += 1
+            else:
+                seen.add((prompt(p), text))
+                rows.append({"prompt": prompt(p), "completion": text, "task": p.task, "question": p.question})
+        if not quiet:
+            print(f"rejection sampling {min(i + chunk, len(problems))}/{len(problems)} prompts, "
+                  f"kept {len(rows)} of {stats['samples']} | {time.perf_counter() - t0:.0f}s", flush=True)
+    if was_training:
+        model.train()
+    stats |= {"prompts": len(problems), "kept": len(rows), "kept_rate": len(rows) / max(stats["samples"], 1),
+              "prompts_covered": len({r["prompt"] for r in rows})}
+    return rows, stats
+
+
+def describe_rejection(stats: dict) -> str:
+    return (f"kept {stats['kept']} of {stats['samples']} samples ({100 * stats['kept_rate']:.1f}%) from "
+            f"{stats['prompts']} training prompts ({stats['prompts_covered']} covered); dropped: "
+            f"{stats['wrong_format']} bad format, {stats['wrong_answer']} wrong, {stats['repetitive']} repetitive, "
+            f"{stats['unreadable']} unreadable, {stats['duplicate']} duplicates")
+
+
+def write_jsonl(rows: list[dict], path: str | Path, overwrite: bool = False) -> Path:
+    """Write rows as JSONL atomically; an existing file is kept unless overwrite."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise R1Error(f"{path} already exists: pass --overwrite to replace it, or choose another --out")
+    if not rows:
+        raise R1Error(f"nothing to write to {path}: no example was kept")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Stages: each writes one run directory, resumes an unfinished one and skips a finished one
+# --------------------------------------------------------------------------------------------
+
+
+def _steps_done(run: Path) -> int:
+    return load_checkpoint(run)["step"] if (run / "ckpt" / "latest").exists() else 0
+
+
+def _open(init: Path, run: Path, stage: str, cfg, device, extra: dict):
+    """(model, tok, state) to train: `run` resumed if it has a checkpoint, else a new run from `init`."""
+    if _steps_done(run):
+        return load_run(run, device)
+    model, tok, _ = load_run(init, device)
+    if isinstance(cfg, GRPOConfig):
+        cfg.check_fits(model.cfg)
+    run.mkdir(parents=True, exist_ok=True)
+    save_run_files(run, model.cfg, tok, stage, asdict(cfg), {"init": str(init), **extra})
+    return model, tok, None
+
+
+def sft_stage(init: Path, run: Path, pairs: list[tuple[str, str]], cfg: TrainConfig, device, quiet: bool,
+              data: str = "") -> Path:
+    """SFT (loss on completions) of the model in `init` on `pairs`, into `run`; skipped when finished."""
+    if _steps_done(run) >= cfg.steps:
+        return run
+    model, tok, state = _open(init, run, "sft", cfg, device, {"data": data})
+    for i, (p, c) in enumerate(pairs, start=1):
+        try:
+            tok.encode(p + c)
+        except ValueError as e:
+            raise R1Error(f"{data or 'SFT data'}:{i}: {e}") from None
+    train_lm(run, model, tok, cfg, sft_batches(pairs, cfg), device, state, quiet=quiet, stage="sft")
+    return run
+
+
+def grpo_stage(init: Path, run: Path, cfg: GRPOConfig, device, quiet: bool) -> Path:
+    """GRPO from the model in `init`, into `run`; skipped when finished."""
+    if _steps_done(run) >= cfg.steps:
+        return run
+    model, tok, state = _open(init, run, "grpo", cfg, device, {})
+    train_grpo(run, model, tok, cfg, device, state, quiet=quiet)
+    return run
+
+
+def pretrain_stage(run: Path, model_cfg: ModelConfig, cfg: TrainConfig, device, quiet: bool, preset_name: str) -> Path:
+    """Pre-training from scratch (the student's base) with the teacher's corpus and tokenizer."""
+    if _steps_done(run) >= cfg.steps:
+        return run
+    tok = default_tokenizer()
+    state = None
+    if _steps_done(run):
+        model, tok, state = load_run(run, device)
+    else:
+        run.mkdir(parents=True, exist_ok=True)
+        save_run_files(run, model_cfg, tok, "pretrain", asdict(cfg), {"preset": preset_name})
+        model = build_model(model_cfg, device=device, seed=cfg.seed)
+    train_lm(run, model, tok, cfg, pretrain_batches(cfg), device, state, quiet=quiet)
+    return run
+
+
+def rejection_stage(teacher: Path, out: Path, cfg: RejectionConfig, device, quiet: bool,
+                    smoke: bool = False) -> tuple[list, dict]:
+    """Rejection-sample `teacher` into the JSONL `out` (reused if already there); (rows, stats).
+    Keeping nothing is an error, except in smoke mode (an untrained teacher is never right), where the
+    cold-start set stands in so that the later stages still run."""
+    stats_path = out.with_suffix(".stats.json")
+    if out.exists() and stats_path.exists():
+        rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+        return rows, json.loads(stats_path.read_text())
+    model, tok, _ = load_run(teacher, device)
+    rows, stats = rejection_sample(model, tok, cfg, device, quiet=quiet)
+    if not rows and smoke:
+        print("   smoke mode: no sample kept; the cold-start set stands in", flush=True)
+        rows = cold_start_set(cfg.n_prompts, tasks=cfg.tasks, seed=cfg.seed)
+    elif not rows:
+        raise R1Error(f"rejection sampling kept no sample of {teacher}: {describe_rejection(stats)}")
+    write_jsonl(rows, out, overwrite=True)
+    stats_path.write_text(json.dumps(stats, indent=2))
+    return rows, stats
+
+
+# --------------------------------------------------------------------------------------------
+# Distillation: a small dense student, SFT on the teacher's answers vs RL alone
+# --------------------------------------------------------------------------------------------
+
+
+def check_student(teacher_tok, teacher_cfg: ModelConfig, student_preset: str, student_base: Path | None):
+    """The student's config (with the teacher's vocabulary), or R1Error: the student must read and
+    write the teacher's tokens (SFT on the teacher's text), be dense and be smaller."""
+    try:
+        cfg = preset(student_preset)
+    except ValueError as e:
+        raise R1Error(str(e)) from None
+    placeholder = ModelConfig().vocab_size  # presets that keep it take the tokenizer's size
+    if cfg.vocab_size not in (placeholder, teacher_tok.vocab_size):
+        raise R1Error(f"student preset {student_preset!r} has its own vocabulary of {cfg.vocab_size} tokens, "
+                      f"the teacher's tokenizer has {teacher_tok.vocab_size}: distillation by SFT needs the "
+                      f"teacher's tokenizer")
+    cfg = replace(cfg, vocab_size=teacher_tok.vocab_size)
+    if cfg.n_routed_experts > 0 and cfg.n_dense_layers < cfg.n_layers:
+        raise R1Error(f"student preset {student_preset!r} is a MoE model: the distilled students are dense")
+    if count_params(cfg)["total"] >= count_params(teacher_cfg)["total"]:
+        raise R1Error(f"student preset {student_preset!r} is not smaller than the teacher")
+    if student_base is not None:
+        _, base_tok, _ = load_run(student_base, "cpu")
+        if base_tok.hf.get_vocab() != teacher_tok.hf.get_vocab():
+            raise R1Error(f"the student base {student_base} has another tokenizer than the teacher "
+                          f"({base_tok.vocab_size} vs {teacher_tok.vocab_size} tokens): pre-train the student "
+                          f"with the teacher's tokenizer")
+        base_cfg = ModelConfig.from_dict(load_checkpoint(student_base)["config"])
+        if base_cfg != cfg:
+            raise R1Error(f"the student base {student_base} is not a {student_preset!r} model (its config.json "
+                          f"differs from the preset)")
+    return cfg
+
+
+@dataclass
+class RecipeConfig:
+    """The sizes of every stage; defaults are the CPU run of the README, `smoke()` a seconds-long one."""
+
+    seed: int = 0
+    tasks: tuple[str, ...] = ("add",)
+    cold_start_n: int = 300  # readable cold-start examples (R1: thousands against ~800k later)
+    sft_lr: float = 1e-3  # SFT from a pre-trained model: a third of the pre-training lr
+    sft_batch_size: int = 32
+    cold_start_steps: int = 100  # Dev1: ~10 epochs of the small cold-start set
+    rl_steps: int = 40  # Dev2 (reasoning RL), same length as R1-Zero's
+    final_rl_steps: int = 20  # R1 (the last RL stage)
+    consistency_weight: float = 1.0  # R1 adds the language reward to accuracy + format
+    max_completion_length: int = 96  # readable thinking is ~15 tokens longer than R1-Zero's
+    rs_prompts: int = 600  # rejection sampling: training prompts per task
+    rs_k: int = 4  # samples per prompt
+    dev3_steps: int = 200  # SFT of the base on Dev2's samples
+    student_preset: str = "student"
+    student_pretrain_steps: int = 1500  # the teacher's pre-training schedule
+    distill_steps: int = 300  # SFT of the student base on R1's samples
+    student_rl_steps: int = 40  # GRPO of the student base (R1-Zero rewards), for comparison
+    eval_k: int = 8  # R1's protocol: k samples per held-out problem at T=0.6, top-p 0.95
+    eval_n: int = 100  # held-out problems per task
+    smoke: bool = False  # tiny stages for tests: numbers mean nothing, every code path runs
+
+    def __post_init__(self):
+        self.tasks = tuple(self.tasks)
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if type(v) in (int, float) and f.name not in ("seed", "consistency_weight"):
+                if v <= 0:
+                    raise R1Error(f"--{f.name.replace('_', '-')} must be > 0, got {v}")
+        if self.consistency_weight < 0:
+            raise R1Error("--consistency-weight must be >= 0")
+
+    @classmethod
+    def smoke(cls, **kw) -> "RecipeConfig":
+        return cls(**{**dict(cold_start_n=8, sft_batch_size=4, cold_start_steps=2, rl_steps=2, final_rl_steps=1,
+                             max_completion_length=24, rs_prompts=4, rs_k=2, dev3_steps=2, student_pretrain_steps=3,
+                             distill_steps=2, student_rl_steps=1, eval_k=2, eval_n=3, smoke=True), **kw})
+
+    def sft(self, steps: int) -> TrainConfig:
+        return TrainConfig(steps=steps, batch_size=self.sft_batch_size, lr=self.sft_lr, warmup=min(10, steps),
+                           seed=self.seed, tasks=self.tasks, eval_every=0, eval_n=min(20, self.eval_n),
+                           ckpt_every=0, completion_only=True)
+
+    def rl(self, steps: int, consistency_weight: float) -> GRPOConfig:
+        small = dict(prompts_per_step=2, num_generations=2, dump_every=0) if self.smoke else {}
+        return GRPOConfig(steps=steps, seed=self.seed, tasks=self.tasks, consistency_weight=consistency_weight,
+                          max_completion_length=self.max_completion_length, eval_every=0,
+                          eval_n=min(20, self.eval_n), eval_k=2, ckpt_every=0, **small)
+
+    def rejection(self) -> RejectionConfig:
+        return RejectionConfig(n_prompts=self.rs_prompts, k=self.rs_k, max_new_tokens=self.max_completion_length,
+                               tasks=self.tasks, seed=self.seed + 1,
+                               min_consistency=0.0 if self.smoke else 1.0)
+
+    def pretrain(self) -> TrainConfig:
+        return TrainConfig(steps=self.student_pretrain_steps, seed=self.seed, tasks=self.tasks,
+                           **(dict(batch_size=4, eval_every=0, eval_n=2, ckpt_every=0) if self.smoke else {}))
+
+
+class Stopwatch:
+    """Stage banners with elapsed times (the recipe's live progress) and the wall time of each stage."""
+
+    def __init__(self, quiet: bool):
+        self.t0, self.quiet, self.times, self._open = time.perf_counter(), quiet, {}, None
+
+    def stage(self, name: str, text: str):
+        self.end()
+        self._open = (name, time.perf_counter())
+        print(f"== [{time.perf_counter() - self.t0:6.0f}s] {name}: {text}", flush=True)
+
+    def end(self):
+        if self._open:
+            name, t = self._open
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
+            self._open = None
+
+    def total(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def evaluate_runs(runs: dict[str, Path], cfg: RecipeConfig, device, clock: Stopwatch) -> dict[str, dict]:
+    """R1's protocol on the held-out problems for each named run: {name: evaluate()'s result}."""
+    problems = eval_problems(cfg.tasks, cfg.eval_n)
+    results = {}
+    for name, run in runs.items():
+        clock.stage(f"eval {name}", f"{run} ({cfg.eval_n} held-out problems x {cfg.eval_k} samples, T=0.6, top-p 0.95)")
+        model, tok, _ = load_run(run, device)
+        res = evaluate(model, tok, problems, k=cfg.eval_k, max_new_tokens=cfg.max_completion_length, seed=cfg.seed)
+        results[name] = {key: res[key] for key in ("tasks", "overall")}
+        o = res["overall"]
+        print(f"   pass@1 {100 * o['pass@1']:.1f}%, cons@{cfg.eval_k} {100 * o[f'cons@{cfg.eval_k}']:.1f}%, "
+              f"consistency {100 * o['consistency']:.1f}%, format {100 * o['format']:.1f}%", flush=True)
+    return results
+
+
+def table_keys(k: int) -> list[str]:
+    return ["pass@1", f"cons@{k}", "consistency", "format", "think_len"]
+
+
+def rows_by_task(results: dict[str, dict]) -> dict[str, dict]:
+    """{"name task": metrics} for format_table / markdown_table."""
+    return {f"{name} {t}": r for name, res in results.items() for t, r in res["tasks"].items()}
+
+
+def markdown_table(rows: dict[str, dict], keys: list[str]) -> str:
+    head = "| model | task | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 2) + "\n"
+    lines = []
+    for name, r in rows.items():
+        model, task = name.rsplit(" ", 1)
+        cells = ["-" if r.get(k) is None else (f"{r[k]:.1f}" if "len" in k else f"{100 * r[k]:.1f}%") for k in keys]
+        lines.append(f"| {model} | {task} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines)
+
+
+def check_distill(teacher: Path, cfg: RecipeConfig, student_base: Path | None = None,
+                  data: Path | None = None) -> tuple[ModelConfig, list | None]:
+    """Everything distill() needs, checked before anything is written: (student config, SFT pairs of
+    `data` or None). R1Error on a missing teacher, a bad student or a malformed JSONL line."""
+    from train import read_jsonl
+
+    _, teacher_tok, teacher_state = load_run(teacher, "cpu")
+    student_cfg = check_student(teacher_tok, ModelConfig.from_dict(teacher_state["config"]), cfg.student_preset,
+                                student_base)
+    return student_cfg, (read_jsonl(data) if data is not None else None)
+
+
+def distill(teacher: Path, run: Path, cfg: RecipeConfig, device, quiet: bool, clock: Stopwatch,
+            student_base: Path | None = None, data: Path | None = None) -> dict:
+    """Distilled student (SFT on the teacher's rejection-sampled answers) vs RL-only student, from the
+    same student base; returns {"rejection": stats, "eval": {name: result}} and writes run/results.json."""
+    student_cfg, pairs = check_distill(teacher, cfg, student_base, data)
+    run.mkdir(parents=True, exist_ok=True)
+    if pairs is None:
+        clock.stage("distill data", f"rejection sampling the teacher {teacher} ({cfg.rs_prompts} prompts x {cfg.rs_k})")
+        rows, stats = rejection_stage(teacher, run / "distill.jsonl", cfg.rejection(), device, quiet, cfg.smoke)
+        print("   " + describe_rejection(stats), flush=True)
+        pairs, data = [(r["prompt"], r["completion"]) for r in rows], run / "distill.jsonl"
+    else:
+        stats = {"data": str(data), "kept": len(pairs)}
+    if student_base is None:
+        student_base = run / "student-base"
+        clock.stage("student base", f"pre-training a {cfg.student_preset!r} student "
+                                    f"({count_params(student_cfg)['total'] / 1e6:.2f}M params, "
+                                    f"{cfg.student_pretrain_steps} steps) -> {student_base}")
+        pretrain_stage(student_base, student_cfg, cfg.pretrain(), device, quiet, cfg.student_preset)
+    clock.stage("distilled", f"SFT of the student on {len(pairs)} teacher samples ({cfg.distill_steps} steps)")
+    sft_stage(student_base, run / "student-distilled", pairs, cfg.sft(cfg.distill_steps), device, quiet, str(data))
+    clock.stage("RL-only", f"GRPO of the student alone ({cfg.student_rl_steps} steps, R1-Zero rewards)")
+    grpo_stage(student_base, run / "student-rl", cfg.rl(cfg.student_rl_steps, 0.0), device, quiet)
+    ev = evaluate_runs({"student base": student_base, "distilled student": run / "student-distilled",
+                        "RL-only student": run / "student-rl"}, cfg, device, clock)
+    clock.end()
+    out = {"rejection": stats, "eval": ev, "student_base": str(student_base),
+           "student_params": count_params(student_cfg)["total"]}
+    (run / "results.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The whole recipe
+# --------------------------------------------------------------------------------------------
+
+
+def run_recipe(run: Path, zero: Path, cfg: RecipeConfig, device, quiet: bool = False,
+               student_base: Path | None = None, clock: Stopwatch | None = None) -> dict:
+    """Dev1 -> Dev2 -> Dev3 -> R1 from the base and R1-Zero of `zero` (a `python r1.py` run with base/
+    and rl/), then distillation; evaluations, the two tables, run/results.json and run/report.md."""
+    clock = clock or Stopwatch(quiet)
+    base, r1_zero = zero / "base", zero / "rl"
+    for needed in (base, r1_zero):
+        load_checkpoint(needed)  # a missing or damaged run fails here, before any work
+
+    clock.stage("Dev1 data", f"{cfg.cold_start_n} readable cold-start examples -> {run / 'cold_start.jsonl'}")
+    rows = cold_start_set(cfg.cold_start_n, tasks=cfg.tasks, seed=cfg.seed)
+    write_jsonl(rows, run / "cold_start.jsonl", overwrite=True)
+    print(f"   e.g. {rows[0]['completion']!r}", flush=True)
+    clock.stage("Dev1", f"cold-start SFT of the base ({cfg.cold_start_steps} steps)")
+    sft_stage(base, run / "dev1", [(r["prompt"], r["completion"]) for r in rows], cfg.sft(cfg.cold_start_steps),
+              device, quiet, str(run / "cold_start.jsonl"))
+
+    clock.stage("Dev2", f"reasoning RL from Dev1 ({cfg.rl_steps} steps, accuracy + format + "
+                        f"{cfg.consistency_weight} x consistency)")
+    grpo_stage(run / "dev1", run / "dev2", cfg.rl(cfg.rl_steps, cfg.consistency_weight), device, quiet)
+
+    clock.stage("Dev3 data", f"rejection sampling Dev2 ({cfg.rs_prompts} training prompts x {cfg.rs_k})")
+    rows, dev3_stats = rejection_stage(run / "dev2", run / "dev3.jsonl", cfg.rejection(), device, quiet, cfg.smoke)
+    print("   " + describe_rejection(dev3_stats), flush=True)
+    clock.stage("Dev3", f"SFT of the base on Dev2's {len(rows)} samples ({cfg.dev3_steps} steps)")
+    sft_stage(base, run / "dev3", [(r["prompt"], r["completion"]) for r in rows], cfg.sft(cfg.dev3_steps),
+              device, quiet, str(run / "dev3.jsonl"))
+
+    clock.stage("R1", f"RL from Dev3 ({cfg.final_rl_steps} steps, same rewards)")
+    grpo_stage(run / "dev3", run / "r1", cfg.rl(cfg.final_rl_steps, cfg.consistency_weight), device, quiet)
+
+    stages = evaluate_runs({"base": base, "R1-Zero": r1_zero, "Dev1": run / "dev1", "Dev2": run / "dev2",
+                            "Dev3": run / "dev3", "R1": run / "r1"}, cfg, device, clock)
+    dist = distill(run / "r1", run / "distill", cfg, device, quiet, clock, student_base=student_base)
+    clock.end()
+
+    keys = table_keys(cfg.eval_k)
+    table1 = rows_by_task(stages)
+    table2 = rows_by_task({"R1 (teacher)": stages["R1"]} | dist["eval"])
+    print("\nStages (like R1 Table 3):\n" + format_table(table1, keys))
+    print("\nDistillation (like R1 Table 6):\n" + format_table(table2, keys))
+    results = {"config": asdict(cfg), "zero": str(zero), "wall_s": clock.total(), "stage_s": clock.times,
+               "stages": stages, "distill": dist, "dev3_rejection": dev3_stats}
+    (run / "results.json").write_text(json.dumps(results, indent=2))
+    (run / "report.md").write_text(
+        f"# R1 recipe run: {run}\n\nWall time {clock.total():.0f} s. Held-out problems, {cfg.eval_k} samples each "
+        f"at T=0.6, top-p 0.95.\n\n## Stages (like R1 Table 3)\n\n{markdown_table(table1, keys)}\n\n"
+        f"## Distillation (like R1 Table 6)\n\n{markdown_table(table2, keys)}\n\n"
+        f"Dev3 data: {describe_rejection(dev3_stats)}.\n\nStage wall times (s): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in clock.times.items()) + "\n")
+    print(f"wrote {run / 'results.json'} and {run / 'report.md'} ({clock.total():.0f} s in all)")
+    return results
