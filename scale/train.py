@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # not scale/: this file's own name would hide the top-level train.py
+if not __package__:  # run as a script, sys.path[0] is scale/, where this file's name hides train.py
+    sys.path[0] = str(ROOT)
 
 import r1  # noqa: E402
 import train  # noqa: E402

@@ -240,13 +240,64 @@ def test_killed_rank_restarts_and_resumes_from_the_last_checkpoint(tmp_path):
     assert load_checkpoint(run)["step"] == 4
 
 
-def test_bad_launches_end_with_one_line_from_rank_0(tmp_path):
-    p = torchrun(["pretrain", "--run", str(tmp_path / "a"), "--batch-size", "5", "--device", "cpu"])
-    assert p.returncode != 0
-    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: --batch-size 5 does not split over 2 ranks: use a multiple of 2"]
+@pytest.mark.parametrize("rank", [0, 1])
+def test_bad_launches_end_with_one_line_from_rank_0(tmp_path, monkeypatch, capsys, rank):
+    """Checked on every rank before any process group exists (so none can wait for another):
+    exit code 2 everywhere, one line from rank 0, nothing from the others, nothing written."""
+    from scale.train import main
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    expected = ["error: --batch-size 5 does not split over 2 ranks: use a multiple of 2",
+                "error: --prompts-per-step 3 does not split over 2 ranks: use a multiple of 2 (each rank samples "
+                "whole groups)"]
+    argvs = [["pretrain", "--run", str(tmp_path / "a"), "--batch-size", "5"],
+             ["grpo", "--init", str(tmp_path / "base"), "--prompts-per-step", "3"]]
     if not torch.cuda.is_available():
-        p = torchrun(["pretrain", "--run", str(tmp_path / "b"), "--backend", "nccl"], nproc=1)
-        assert p.returncode != 0
-        assert [line for line in p.stderr.splitlines() if line.startswith("error:")] == [
-            "error: --backend nccl needs CUDA GPUs, and none is available here: use --backend gloo (or auto) on CPU"]
+        expected.append("error: --backend nccl needs CUDA GPUs, and none is available here: use --backend gloo "
+                        "(or auto) on CPU")
+        argvs.append(["pretrain", "--run", str(tmp_path / "a"), "--backend", "nccl"])
+    for argv, line in zip(argvs, expected):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines() == ([line] if rank == 0 else [])
+    assert not (tmp_path / "a").exists()
+
+
+# ------------------------------------------------------------------ the planner
+
+
+def test_planner_671b_against_hand_arithmetic():
+    from scale.plan import plan
+
+    D, V, L, E, F = 7168, 129280, 61, 256, 2048
+    expert = 3 * D * F
+    total, mtp = 671_026_404_352, 11_610_067_968  # SPEC 1.4 (and `python r1.py params`)
+    counts = {"total": total, "mtp": mtp, "embedding": V * D, "head": V * D,
+              "activated": total - 58 * (E - 8) * expert, "mtp_activated": mtp - (E - 8) * expert,
+              "kv_cache_bytes_bf16": L * (512 + 64) * 2}
+    p = plan(preset("deepseek-v3-671b"), 2048, 80, counts=counts)
+    P = total + mtp
+    assert p["bf16_weights"] == P * 2  # ~1.37 TB: no GPU samples alone with the whole model
+    assert p["param_shards"] == p["grad_shards"] == P * 4 / 2048 and p["adam"] == P * 8 / 2048
+    assert p["states"] == pytest.approx(16 * P / 2048)  # 5.33 GB
+    mla = D * 1536 + 1536 * 128 * 192 + D * 576 + 512 * 128 * 256 + 128 * 128 * D + 1536 + 512 + 2 * D
+    moe_ffn = 257 * expert + E * D  # 256 routed + 1 shared expert, and the router
+    assert p["unit"] == mla + moe_ffn and p["gathered"] == 2 * 2 * (mla + moe_ffn)
+    assert p["kv"] == 70_272 * 16 * 32768
+    assert p["comm_per_step"] == pytest.approx(8 * P * 2047 / 2048)
+    assert p["train_fits"] and not p["rollout_fits"]
+    assert not plan(preset("deepseek-v3-671b"), 64, 80, counts=counts)["train_fits"]  # 170 GB of state per GPU
+
+
+def test_planner_counts_are_model_pys(capsys):
+    from model import count_params
+    from scale.plan import main, plan
+
+    cfg = preset("deepseek-v2-lite-16b")
+    c = count_params(cfg)
+    p = plan(cfg, 16, 80)
+    assert p["params"] == c["total"] + c["mtp"] and p["kv_per_token"] == c["kv_cache_bytes_bf16"]
+    assert main(["--preset", "tiny", "--gpus", "2", "--gpu-mem", "24"]) == 0
+    assert "verdict: fits in memory under pure FSDP" in capsys.readouterr().out
+    assert main(["--preset", "nope"]) == 2
