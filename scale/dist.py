@@ -78,10 +78,22 @@ def init_world(device_name: str = "auto", backend: str = "auto", *, store=None, 
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    if store is None and "TORCHELASTIC_RESTART_COUNT" in os.environ:
+        store = attempt_store(rank, world_size)
     kwargs = {} if store is None else {"store": store, "rank": rank, "world_size": world_size}
     dist.init_process_group(backend, **kwargs)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),), mesh_dim_names=("dp",))
     return DistWorld(device, mesh)
+
+
+def attempt_store(rank: int, world_size: int):
+    """torchrun's key-value store, seen through a prefix of this restart attempt. torchrun keeps one
+    store across restarts, so without the prefix a restarted rank can read the address a dead rank
+    published before (measured: gloo then connects to a closed port and the restart fails)."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent hosts the store
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=not agent and rank == 0)
+    return dist.PrefixStore(f"r1/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
 def parallelize(model: Transformer, mesh, device: torch.device) -> Transformer:
