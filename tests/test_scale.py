@@ -215,6 +215,22 @@ def test_grpo_on_two_ranks_gives_the_one_process_losses(two_ranks, one_process):
     close_weights(r0["grpo_weights"], grpo["weights"])
 
 
+def test_a_prompts_samples_do_not_depend_on_the_other_prompts_in_the_batch():
+    """What makes a GRPO rollout the same on any number of ranks: with one generator per prompt,
+    prompt b's group is the same sampled beside prompt a or alone."""
+    from sampler import generate
+
+    tok = default_tokenizer()
+    model = build_model(preset("tiny", vocab_size=tok.vocab_size, **SMALL), seed=1)
+    a, b = tok.encode("User: _1663+_5242", bos=True), tok.encode("User: 12-7", bos=True)
+    gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    kw = dict(num_samples=4, max_new_tokens=10, temperature=1.0, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    both = generate(model, [a, b], generator=gens(1, 2), **kw)
+    alone = generate(model, [b], generator=gens(2), **kw)
+    assert torch.equal(both.tokens[4:], alone.tokens) and torch.equal(both.mask[4:], alone.mask)
+    assert not torch.equal(both.tokens[:4], both.tokens[4:])  # and the groups are not all alike
+
+
 # ------------------------------------------------------------------ torchrun: restarts and bad launches
 
 
