@@ -71,13 +71,13 @@ def init_world(device_name: str = "auto", backend: str = "auto", *, store=None, 
                world_size: int | None = None) -> "DistWorld":
     """Join the process group. Under torchrun everything comes from the environment (RANK,
     WORLD_SIZE, LOCAL_RANK, MASTER_ADDR...); tests pass a store, rank and world_size instead."""
-    if store is None and "MASTER_ADDR" not in os.environ:
-        raise R1Error("no process group to join: launch with torchrun (torchrun --standalone --nproc-per-node=N "
-                      "-- scale/train.py ...), or use python r1.py for one process")
     rank = env_int("RANK", 0) if rank is None else rank
     world_size = env_int("WORLD_SIZE", 1) if world_size is None else world_size
     local_rank = env_int("LOCAL_RANK", rank if store is not None else 0)
     device, backend = choose_backend(device_name, backend, env_int("LOCAL_WORLD_SIZE", world_size))
+    if store is None and "MASTER_ADDR" not in os.environ:
+        raise R1Error("no process group to join: launch with torchrun (torchrun --standalone --nproc-per-node=N "
+                      "-- scale/train.py ...), or use python r1.py for one process")
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
