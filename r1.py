@@ -84,50 +84,55 @@ def add_run_args(p, default_run: str | None):
 # --------------------------------------------------------------------------------------------
 
 
-def cmd_pretrain(args):
+def cmd_pretrain(args, world=None):
+    """`world`: the processes training together (scale/train.py); None = this process alone."""
     from data import check_task, default_tokenizer
     from model import preset
-    from runs import pick_device, prepare_run_dir
-    from model import build_model
-    from train import TrainConfig, check_resume_config, load_run, pretrain_batches, save_run_files, train_lm
+    from runs import World, prepare_run_dir
+    from train import TrainConfig, check_resume_config, pretrain_batches, save_run_files, train_lm
 
+    world = world or World()
     cfg = config_from_args(TrainConfig, args)
     for t in cfg.tasks:
         _value_error(check_task, t)
-    device = pick_device(args.device)
+    device = world.pick_device(args.device)
     tok = default_tokenizer()
     model_cfg = _value_error(preset, args.preset, vocab_size=tok.vocab_size)
-    run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite)
+    run = world.on_main(prepare_run_dir, args.run, resume=args.resume, overwrite=args.overwrite)
     state = None
     if args.resume:
         check_resume_config(run, model_cfg, dataclasses.asdict(cfg), "pretrain")
-        model, tok, state = load_run(run, device)
+        model, tok, state = world.load_run(run, device)
     else:
-        save_run_files(run, model_cfg, tok, "pretrain", dataclasses.asdict(cfg), {"preset": args.preset})
-        model = build_model(model_cfg, device=device, seed=cfg.seed)
-    _print_config(model_cfg, cfg, run, args.quiet)
-    last = train_lm(run, model, tok, cfg, pretrain_batches(cfg), device, state, quiet=args.quiet)
-    print(f"done: {run} (step {last.get('step')}, loss {last.get('loss', float('nan')):.4f})")
+        world.on_main(save_run_files, run, model_cfg, tok, "pretrain", dataclasses.asdict(cfg), {"preset": args.preset})
+        model = world.build_model(model_cfg, device, seed=cfg.seed)
+    _print_config(model_cfg, cfg, run, args.quiet or not world.is_main)
+    last = train_lm(run, model, tok, cfg, pretrain_batches(cfg), device, state, quiet=args.quiet, world=world)
+    if world.is_main:
+        print(f"done: {run} (step {last.get('step')}, loss {last.get('loss', float('nan')):.4f})")
 
 
-def cmd_sft(args):
-    from runs import pick_device
-    from train import TrainConfig, load_run, read_jsonl, sft_batches, train_lm
+def cmd_sft(args, world=None):
+    from runs import World
+    from train import TrainConfig, read_jsonl, sft_batches, train_lm
 
+    world = world or World()
     cfg = config_from_args(TrainConfig, args, completion_only=True)
     pairs = read_jsonl(args.data)
-    device = pick_device(args.device)
+    device = world.pick_device(args.device)
     _default_run_from_init(args, "sft")
-    model, tok, _ = load_run(args.init, device)
+    model, tok, _ = world.load_run(args.init, device)
     for i, (p, c) in enumerate(pairs, start=1):
         try:
             tok.encode(p + c)
         except ValueError as e:
             raise R1Error(f"{args.data}:{i}: {e}") from None
-    run, model, tok, state = _open_stage_run(args, "sft", model, tok, cfg, {"data": str(args.data)}, device)
-    _print_config(model.cfg, cfg, run, args.quiet)
-    last = train_lm(run, model, tok, cfg, sft_batches(pairs, cfg), device, state, quiet=args.quiet, stage="sft")
-    print(f"done: {run} (step {last.get('step')}, loss {last.get('loss', float('nan')):.4f})")
+    run, model, tok, state = _open_stage_run(args, "sft", model, tok, cfg, {"data": str(args.data)}, device, world)
+    _print_config(model.cfg, cfg, run, args.quiet or not world.is_main)
+    last = train_lm(run, model, tok, cfg, sft_batches(pairs, cfg), device, state, quiet=args.quiet, stage="sft",
+                    world=world)
+    if world.is_main:
+        print(f"done: {run} (step {last.get('step')}, loss {last.get('loss', float('nan')):.4f})")
 
 
 def _default_run_from_init(args, stage: str):
@@ -138,17 +143,17 @@ def _default_run_from_init(args, stage: str):
         raise R1Error(f"--run must differ from --init: {stage} writes a new run and never overwrites its start point")
 
 
-def _open_stage_run(args, stage, model, tok, cfg, extra, device):
+def _open_stage_run(args, stage, model, tok, cfg, extra, device, world):
     """The run directory of a stage that starts from --init: a new one (configs and tokenizer written),
     or, with --resume, the existing one continued with the same options."""
     from runs import prepare_run_dir
-    from train import check_resume_config, load_run, save_run_files
+    from train import check_resume_config, save_run_files
 
-    run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite)
+    run = world.on_main(prepare_run_dir, args.run, resume=args.resume, overwrite=args.overwrite)
     if args.resume:
         check_resume_config(run, model.cfg, dataclasses.asdict(cfg), stage)
-        return (run, *load_run(run, device))
-    save_run_files(run, model.cfg, tok, stage, dataclasses.asdict(cfg), {"init": str(args.init), **extra})
+        return (run, *world.load_run(run, device))
+    world.on_main(save_run_files, run, model.cfg, tok, stage, dataclasses.asdict(cfg), {"init": str(args.init), **extra})
     return run, model, tok, None
 
 
@@ -282,20 +287,21 @@ def cmd_sample(args):
         print(f"{p.question}  ->  {text}   [{'right' if acc else 'wrong'}, answer {p.answer}]")
 
 
-def cmd_grpo(args):
-    from runs import pick_device
-    from train import load_run
+def cmd_grpo(args, world=None):
+    from runs import World
     from train_grpo import GRPOConfig, train_grpo
 
+    world = world or World()
     cfg = config_from_args(GRPOConfig, args)
-    device = pick_device(args.device)
+    device = world.pick_device(args.device)
     _default_run_from_init(args, "grpo")
-    model, tok, _ = load_run(args.init, device)
+    model, tok, _ = world.load_run(args.init, device)
     cfg.check_fits(model.cfg)
-    run, model, tok, state = _open_stage_run(args, "grpo", model, tok, cfg, {}, device)
-    _print_config(model.cfg, cfg, run, args.quiet)
-    last = train_grpo(run, model, tok, cfg, device, state, quiet=args.quiet)
-    print(f"done: {run} (step {last.get('step')}, reward {last.get('reward', float('nan')):.3f})")
+    run, model, tok, state = _open_stage_run(args, "grpo", model, tok, cfg, {}, device, world)
+    _print_config(model.cfg, cfg, run, args.quiet or not world.is_main)
+    last = train_grpo(run, model, tok, cfg, device, state, quiet=args.quiet, world=world)
+    if world.is_main:
+        print(f"done: {run} (step {last.get('step')}, reward {last.get('reward', float('nan')):.3f})")
 
 
 def cmd_zero(args):

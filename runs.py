@@ -7,12 +7,20 @@ A run directory holds everything needed to see and resume what happened:
         tokenizer.json    the tokenizer the model was trained with
         ckpt/step_000400.pt  checkpoints: model, optimizer, RNG states, step, config
         ckpt/latest       the name of the newest complete checkpoint (updated last)
+        ckpt/step_000400/    or, from a scale/ run, a torch.distributed.checkpoint (DCP) folder
+                             with meta.pt (step, config, RNG states); load_checkpoint reads both
         metrics.jsonl     one JSON object per logged step or evaluation
         samples.txt       text dumps of prompts, completions and rewards
 
 Checkpoints are written to a temporary file, flushed to disk and renamed over the target, and
 the `latest` pointer is replaced the same way only afterwards: a crash at any moment leaves the
 previous checkpoint loadable.
+
+`World` is what a training loop asks of the other processes training with it (all-reduce the
+MoE expert loads, average logged metrics, take this rank's share of a global batch, save a
+checkpoint): in one process every answer is trivial. scale/dist.py answers the same questions with
+torch.distributed and FSDP2; this file never imports it (only load_checkpoint, when it meets a DCP
+folder written by scale/, uses DCP's file reader).
 """
 
 from __future__ import annotations
@@ -20,8 +28,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +74,78 @@ def seed_everything(seed: int):
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# The world a training loop runs in: one process here, many in scale/dist.py
+# --------------------------------------------------------------------------------------------
+
+
+class World:
+    """One process. train_lm and train_grpo call these methods; scale/dist.py's DistWorld gives
+    them their multi-process meaning, so the loops exist once.
+
+    Every rank sees the same global batch and takes its contiguous slice (`shard`); the loops
+    weight each rank's loss by (its tokens x world_size / global tokens), so the average of the
+    ranks' gradients, which FSDP computes, is the gradient of the global batch's token mean.
+    """
+
+    rank = 0
+    world_size = 1
+
+    @property
+    def is_main(self) -> bool:
+        """The rank that writes metrics, progress, samples and run files."""
+        return self.rank == 0
+
+    def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum of x over ranks (a new tensor; x is unchanged)."""
+        return x.clone()
+
+    def all_reduce_mean(self, x: torch.Tensor) -> torch.Tensor:
+        return self.all_reduce_sum(x) / self.world_size
+
+    def shard(self, items: list) -> list:
+        """This rank's contiguous slice of a global list whose length the world size divides."""
+        if len(items) % self.world_size:
+            raise R1Error(f"a global batch of {len(items)} does not split over {self.world_size} ranks: "
+                          f"choose a batch size divisible by the number of processes")
+        n = len(items) // self.world_size
+        return items[self.rank * n:(self.rank + 1) * n]
+
+    def barrier(self):
+        pass
+
+    def on_main(self, fn, *args, **kwargs):
+        """fn(*args, **kwargs) run by rank 0 alone (it writes the run directory); every rank gets its
+        result, or the R1Error it raised, so a bad option stops all ranks and none waits forever."""
+        return fn(*args, **kwargs)
+
+    def pick_device(self, name: str) -> torch.device:
+        return pick_device(name)
+
+    @contextmanager
+    def full_model(self, model):
+        """A model whose forwards run on this rank alone (sampling, evaluation): here the model itself."""
+        yield model
+
+    def build_model(self, cfg, device, seed: int | None):
+        """A freshly initialised model (on meta, then to_empty, then init_weights)."""
+        from model import build_model
+        return build_model(cfg, device=device, seed=seed)
+
+    def load_run(self, run: Path, device):
+        """(model, tokenizer, checkpoint state) of a run's newest checkpoint."""
+        from train import load_run  # train.py imports this file
+        return load_run(run, device)
+
+    def save_checkpoint(self, run: Path, step: int, model, opt, meta: dict) -> None:
+        """model + optimizer state and the loop's `meta` (step, stage, configs, RNG states)."""
+        save_checkpoint(run, step, {"model": model.state_dict(), "optimizer": opt.state_dict(), **meta})
+
+    def load_optimizer(self, model, opt, state: dict) -> None:
+        """The optimizer state of a checkpoint returned by load_checkpoint."""
+        opt.load_state_dict(state["optimizer"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,16 +217,23 @@ def save_checkpoint(run: Path, step: int, state: dict, keep: int = 2) -> Path:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, ckdir / name)
-    latest_tmp = ckdir / "latest.tmp"
-    latest_tmp.write_text(name)
-    os.replace(latest_tmp, ckdir / "latest")  # only now does the new checkpoint count
-    for old in sorted(ckdir.glob("step_*.pt"))[:-keep]:
-        old.unlink()
+    point_latest(ckdir, name, keep)
     return ckdir / name
 
 
-def load_checkpoint(run: str | Path, map_location="cpu") -> dict:
-    """The newest complete checkpoint of a run; R1Error (one line) if missing or corrupt."""
+def point_latest(ckdir: Path, name: str, keep: int = 2) -> None:
+    """Point ckpt/latest at `name` (a .pt file or a DCP folder), then delete all but the newest
+    `keep` checkpoints. Only after the pointer is replaced does the new checkpoint count."""
+    latest_tmp = ckdir / "latest.tmp"
+    latest_tmp.write_text(name)
+    os.replace(latest_tmp, ckdir / "latest")
+    done = [p for p in ckdir.glob("step_*") if p.suffix != ".tmp"]
+    for old in sorted(done, key=lambda p: int(p.name[5:11]))[:-keep]:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def latest_checkpoint(run: str | Path) -> Path:
+    """The path ckpt/latest names (a .pt file or a DCP folder); R1Error (one line) if there is none."""
     run = Path(run)
     if not run.is_dir():
         raise R1Error(f"run directory {run} does not exist")
@@ -151,16 +241,53 @@ def load_checkpoint(run: str | Path, map_location="cpu") -> dict:
     if not latest.exists():
         raise R1Error(f"{run} has no checkpoint (no ckpt/latest): train it first or pick another run")
     path = run / "ckpt" / latest.read_text().strip()
+    if not path.exists():
+        raise R1Error(f"{latest} points at {path.name}, which is missing: the run directory is damaged")
+    return path
+
+
+def load_checkpoint(run: str | Path, map_location="cpu") -> dict:
+    """The newest complete checkpoint of a run, from a .pt file or (written by scale/) a DCP folder;
+    R1Error (one line) if missing or corrupt. The optimizer state comes back as optimizer.state_dict()
+    makes it (keyed by parameter index), whichever format it was stored in."""
+    path = latest_checkpoint(run)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except FileNotFoundError:
-        raise R1Error(f"{latest} points at {path.name}, which is missing: the run directory is damaged") from None
+        state = read_dcp(path) if path.is_dir() else torch.load(path, map_location=map_location, weights_only=False)
+    except R1Error:
+        raise
     except Exception as e:  # torch raises many types for a damaged file; all mean the same to the user
         raise R1Error(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}): "
                       f"delete it and point ckpt/latest at an older one, or retrain") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise R1Error(f"checkpoint {path} is not an r1.py checkpoint (no model/config)")
     return state
+
+
+def read_dcp(path: Path) -> dict:
+    """A DCP checkpoint folder of scale/ read whole into one process (no process group needed):
+    meta.pt (step, stage, configs, one RNG state per rank) plus the model and optimizer tensors."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save  # DCP's file reader only
+
+    if not (path / "meta.pt").is_file():
+        raise R1Error(f"checkpoint folder {path} has no meta.pt: it was not written by scale/train.py")
+    meta = torch.load(path / "meta.pt", weights_only=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(path, Path(tmp) / "state.pt")
+        tensors = torch.load(Path(tmp) / "state.pt", weights_only=False)
+    state = {**meta, "model": tensors["model"], "optimizer": optimizer_state_by_index(tensors["optimizer"]),
+             "rng": meta["rng"][0]}  # one process continues with rank 0's random state
+    if "ref" in tensors:
+        state["ref"] = tensors["ref"]
+    return state
+
+
+def optimizer_state_by_index(osd: dict) -> dict:
+    """An optimizer state keyed by parameter name (DCP's get_optimizer_state_dict) -> keyed by the
+    parameter's index in param_groups order, as optimizer.state_dict() is."""
+    names = [n for g in osd["param_groups"] for n in g["params"]]
+    index = {n: i for i, n in enumerate(names)}
+    return {"state": {index[n]: s for n, s in osd["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]}
 
 
 # --------------------------------------------------------------------------------------------

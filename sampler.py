@@ -98,10 +98,14 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
 
 
 def _pick(logits, temperature, top_k, top_p, generator):
-    """logits [N, W] -> (token [N], its sampling distribution [N, W], or None when greedy)."""
+    """logits [N, W] -> (token [N], its sampling distribution [N, W], or None when greedy).
+    `generator` may be a list, one per prompt: prompt i's rows draw from generator i only."""
     if temperature == 0:
         return logits.argmax(-1), None
     probs = sampling_probs(logits, temperature, top_k, top_p)
+    if isinstance(generator, (list, tuple)):
+        groups = probs.split(len(probs) // len(generator))  # G rows per prompt [G, W] each
+        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(groups, generator)]).squeeze(1), probs
     return torch.multinomial(probs, 1, generator=generator).squeeze(1), probs
 
 
@@ -153,12 +157,15 @@ class _Rows:
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], *, num_samples: int = 1, max_new_tokens: int = 64,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int, pad_id: int,
-             stop_sequences: Sequence[Sequence[int]] = (), generator: torch.Generator | None = None,
+             stop_sequences: Sequence[Sequence[int]] = (),
+             generator: torch.Generator | Sequence[torch.Generator] | None = None,
              speculative: bool = False) -> Generation:
     """Sample num_samples completions of every prompt; rows [i*G, (i+1)*G) belong to prompt i.
 
     temperature 0 = greedy; top_k 0 and top_p 1.0 = off. A seeded `generator` reproduces a run
-    exactly (all randomness goes through it). A negative eos_id never matches (no EOS).
+    exactly (all randomness goes through it). A list of generators, one per prompt, makes each
+    prompt's G samples independent of the other prompts in the batch (GRPO rollouts split over
+    ranks; plain decoding only). A negative eos_id never matches (no EOS).
     The model is run in eval mode and its MoE expert-load counters are restored afterwards, so
     rollouts leave no trace in the aux-loss-free balancing statistics.
     """
@@ -175,6 +182,8 @@ def generate(model, prompts: list[list[int]], *, num_samples: int = 1, max_new_t
     if P + L > cfg.max_seq_len:
         raise ValueError(f"longest prompt ({P}) + max_new_tokens ({L}) = {P + L} exceeds the model's "
                          f"max_seq_len={cfg.max_seq_len}: shorten the prompts or ask for fewer tokens")
+    if isinstance(generator, (list, tuple)) and (speculative or len(generator) != len(prompts)):
+        raise ValueError("a list of generators needs one per prompt, and plain (not speculative) decoding")
     if speculative and cfg.mtp_depth < 1:
         raise ValueError("speculative=True drafts with the MTP module, but this model has mtp_depth=0")
 

@@ -10,6 +10,11 @@ every optimizer step from that step's expert loads.
 Resume is exact: every batch is a pure function of (seed, step), and a checkpoint holds the model,
 the optimizer, the RNG states and the step, so N steps + resume + N steps == 2N steps, bit for bit.
 
+On several processes (scale/train.py) the same loop runs on every rank with a `World` (runs.py):
+each rank takes its slice of the step's global batch, its losses are weighted by its share of the
+global batch's tokens (so the ranks' average gradient is the global token mean's gradient), the
+MoE expert loads are summed over ranks before the bias update, and rank 0 alone logs and writes.
+
     python r1.py pretrain --run runs/base --steps 1200
     python r1.py sft --data cold_start.jsonl --init runs/base --run runs/dev1
 """
@@ -29,7 +34,7 @@ import torch
 from data import Tokenizer, build_corpus, completion, eval_set, prompt
 from evaluate import evaluate
 from model import ModelConfig, Transformer, build_model
-from runs import (Metrics, Progress, R1Error, autocast, load_checkpoint, read_json, rng_state, save_checkpoint,
+from runs import (Metrics, Progress, R1Error, World, autocast, load_checkpoint, read_json, rng_state,
                   seed_everything, set_rng_state, write_json_atomic)
 
 
@@ -191,28 +196,50 @@ def heldout_loss(model: Transformer, tok: Tokenizer, problems, device) -> float:
     return loss
 
 
+def global_token_losses(out: dict, targets: torch.Tensor, cfg: ModelConfig, world: World) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's losses weighted so that their mean over ranks is the global batch's.
+
+    The model's cross-entropies are token means over this rank's slice (n_r tokens); the global
+    loss is the mean over all N = sum_r n_r tokens, i.e. mean_r(loss_r * n_r * world_size / N).
+    The balance loss is a mean over sequences and every rank has as many: it needs no weight.
+    In one process every weight is exactly 1.0. Returns (total to backward, detached
+    [main, mtp_1.., balance] for logging).
+    """
+    depths = len(out["mtp"])
+    counts = torch.stack([(targets[:, k:] != -100).sum() for k in range(depths + 1)]).float()  # [1 + depths]
+    w = counts * world.world_size / world.all_reduce_sum(counts)
+    main = out["main"] * w[0]
+    mtp = [loss * w[k] for k, loss in enumerate(out["mtp"], start=1)]
+    total = main + out["balance"]  # the same sum, in the same order, as Transformer.forward's "total"
+    if mtp:
+        total = total + cfg.mtp_lambda / cfg.mtp_depth * sum(mtp)
+    return total, torch.stack([main, *mtp, out["balance"]]).detach()
+
+
 def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, batches, device,
-             state: dict | None = None, quiet: bool = False, stage: str = "pretrain") -> dict:
-    """The pre-training / SFT loop. `state` is a checkpoint to resume from (optimizer, step, RNG).
+             state: dict | None = None, quiet: bool = False, stage: str = "pretrain", world: World | None = None) -> dict:
+    """The pre-training / SFT loop. `state` is a checkpoint to resume from (optimizer, step, RNG);
+    `world` the processes this one trains with (default: none, runs.World).
 
     Order of one step: batch -> forward (losses) -> backward -> clip -> AdamW step -> MoE bias update
     -> log -> eval -> checkpoint.
     """
+    world = world or World()
     metrics = Metrics(run / "metrics.jsonl")
     opt = make_optimizer(model, cfg)
     start = 0
     if state is not None and state.get("stage") == stage and "optimizer" in state:
-        opt.load_state_dict(state["optimizer"])
+        world.load_optimizer(model, opt, state)
         set_rng_state(state["rng"])
         start = state["step"]
     else:
         seed_everything(cfg.seed)
     model.train()
-    progress = Progress(cfg.steps, stage, start_step=start, quiet=quiet)
+    progress = Progress(cfg.steps, stage, start_step=start, quiet=quiet or not world.is_main)
     t0, tokens_seen, last = time.perf_counter(), 0, {}
     for step in range(start, cfg.steps):
-        # 1. batch (a pure function of the step, so resume needs no data state)
-        tokens, targets = collate(batches(step), tok, model.cfg.max_seq_len, cfg.completion_only)
+        # 1. batch (a pure function of the step, so resume needs no data state); this rank's slice
+        tokens, targets = collate(world.shard(batches(step)), tok, model.cfg.max_seq_len, cfg.completion_only)
         tokens, targets = tokens.to(device), targets.to(device)
         # 2. forward and backward
         for g in opt.param_groups:
@@ -220,37 +247,41 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
         model.reset_expert_load()
         with autocast(device):
             out = model(tokens, targets)
-        if not torch.isfinite(out["total"]):
-            raise R1Error(f"{stage} step {step}: the loss is {out['total'].item()}; lower --lr (now {cfg.lr})")
-        out["total"].backward()
-        # 3. clip, step, and the aux-loss-free bias update from this step's loads
+        total, parts = global_token_losses(out, targets, model.cfg, world)
+        if not torch.isfinite(total):
+            raise R1Error(f"{stage} step {step}: the loss is {total.item()}; lower --lr (now {cfg.lr})")
+        total.backward()
+        # 3. clip, step, and the aux-loss-free bias update from this step's loads (all ranks' tokens)
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        model.update_biases()
-        # 4. log
-        tokens_seen += int((targets != -100).sum())
+        load = world.all_reduce_sum(model.expert_load())
+        model.update_biases(load)
+        # 4. log (rank 0; losses and token counts of the global batch)
+        parts = world.all_reduce_mean(parts.float()).tolist()
+        tokens_seen += int(world.all_reduce_sum((targets != -100).sum()))
         tps = tokens_seen / (time.perf_counter() - t0)
-        imbalance = model.load_imbalance(model.expert_load())
-        last = {"step": step + 1, "loss": out["main"].item(), "mtp": [l.item() for l in out["mtp"]],
-                "balance": out["balance"].item(), "lr": lr_at(step, cfg), "grad_norm": float(gnorm),
-                "load_max_over_mean": imbalance, "tokens_per_s": tps}
-        metrics.log(stage=stage, **last)
+        last = {"step": step + 1, "loss": parts[0], "mtp": parts[1:-1], "balance": parts[-1], "lr": lr_at(step, cfg),
+                "grad_norm": float(getattr(gnorm, "full_tensor", lambda: gnorm)()),  # FSDP: a DTensor
+                "load_max_over_mean": model.load_imbalance(load), "tokens_per_s": tps}
+        if world.is_main:
+            metrics.log(stage=stage, **last)
         progress.update(step + 1, loss=last["loss"], tok_s=int(tps))
-        # 5. eval and checkpoint
+        # 5. eval (rank 0, on the whole model) and checkpoint
         done = step + 1 == cfg.steps
         if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or done:
-            problems = eval_problems(cfg.tasks, cfg.eval_n, cfg.difficulty)
-            ev = {"heldout_loss": heldout_loss(model, tok, problems, device)}
-            res = evaluate(model, tok, problems, k=1, temperature=0.0, greedy=False)
-            ev |= {f"greedy_{t}": r["pass@1"] for t, r in res["tasks"].items()}
-            metrics.log(stage=stage, step=step + 1, eval=ev)
-            progress.message(f"  eval @ {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
-            last |= ev
+            with world.full_model(model) as full:
+                if world.is_main:
+                    problems = eval_problems(cfg.tasks, cfg.eval_n, cfg.difficulty)
+                    ev = {"heldout_loss": heldout_loss(full, tok, problems, device)}
+                    res = evaluate(full, tok, problems, k=1, temperature=0.0, greedy=False)
+                    ev |= {f"greedy_{t}": r["pass@1"] for t, r in res["tasks"].items()}
+                    metrics.log(stage=stage, step=step + 1, eval=ev)
+                    progress.message(f"  eval @ {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
+                    last |= ev
         if (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0) or done:
-            save_checkpoint(run, step + 1, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                            "rng": rng_state(), "step": step + 1, "stage": stage,
-                                            "config": model.cfg.to_dict(), "train": asdict(cfg)})
+            world.save_checkpoint(run, step + 1, model, opt, {"rng": rng_state(), "step": step + 1, "stage": stage,
+                                                             "config": model.cfg.to_dict(), "train": asdict(cfg)})
     return last
 
 
@@ -262,8 +293,19 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
 def load_run(run: str | Path, device="cpu") -> tuple[Transformer, Tokenizer, dict]:
     """Model (weights of the newest checkpoint), tokenizer and checkpoint state of a run directory;
     R1Error when anything is missing, corrupt or inconsistent."""
-    run = Path(run)
     state = load_checkpoint(run)
+    cfg, tok = run_config_and_tokenizer(run, state)
+    model = build_model(cfg, device=device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise R1Error(f"the checkpoint's weights do not fit its config ({str(e).splitlines()[0]})") from None
+    return model, tok, state
+
+
+def run_config_and_tokenizer(run: str | Path, state: dict) -> tuple[ModelConfig, Tokenizer]:
+    """The model config a checkpoint state names and the run's tokenizer, checked against each other."""
+    run = Path(run)
     tok_path = run / "tokenizer.json"
     if not tok_path.is_file():
         raise R1Error(f"{run} has no tokenizer.json: the run directory is incomplete")
@@ -278,12 +320,7 @@ def load_run(run: str | Path, device="cpu") -> tuple[Transformer, Tokenizer, dic
     if cfg.vocab_size != tok.vocab_size:
         raise R1Error(f"config/tokenizer mismatch in {run}: the model has vocab_size {cfg.vocab_size} but "
                       f"tokenizer.json has {tok.vocab_size} tokens; use the tokenizer the run was trained with")
-    model = build_model(cfg, device=device)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise R1Error(f"the checkpoint's weights do not fit its config ({str(e).splitlines()[0]})") from None
-    return model, tok, state
+    return cfg, tok
 
 
 def save_run_files(run: Path, model_cfg: ModelConfig, tok: Tokenizer, stage: str, stage_cfg: dict, extra=None):

@@ -30,6 +30,13 @@ How this differs from the paper's setup, in four points:
      dropped (DAPO's dynamic sampling), lr 3e-4 instead of 3e-6;
   3. one mini-batch and one inner epoch per rollout by default (R1 used 16 mini-batches);
   4. the reference model (when beta > 0) is reset to the policy every `ref_reset_every` steps, as R1 did.
+
+On several processes (scale/train.py) every rank runs this loop with a `World` (runs.py): it takes
+a contiguous slice of the step's B prompts, so each group's G samples stay on one rank (the group
+statistics need no communication); each prompt's samples come from a generator seeded by (seed,
+step, prompt index), so a rollout is the same whatever the number of ranks; the loss is weighted
+by this rank's share of the global normaliser (tokens for dapo, sequences for grpo / dr_grpo); the
+expert loads are summed over ranks before the bias update; logged statistics are rank means.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ import rewards
 from data import prompt, sample_problem
 from evaluate import evaluate, thinking_tokens
 from model import Transformer
-from runs import Metrics, Progress, R1Error, autocast, rng_state, save_checkpoint, seed_everything, set_rng_state
+from runs import Metrics, Progress, R1Error, World, autocast, rng_state, seed_everything, set_rng_state
 from sampler import generate
 from train import eval_problems
 
@@ -249,16 +256,26 @@ class RoutingRecorder:
 # --------------------------------------------------------------------------------------------
 
 
-def rollout(model, tok, cfg: GRPOConfig, step: int, device, gen: torch.Generator):
-    """Sample B prompts x G completions and score them. Problems are a pure function of (seed, step)."""
+def rollout_problems(cfg: GRPOConfig, step: int) -> list:
+    """The step's B problems, a pure function of (seed, step)."""
     rng = random.Random(cfg.seed * 1_000_003 + step)
-    problems = [sample_problem(rng.choice(cfg.tasks), rng, split="train", difficulty=cfg.difficulty)
-                for _ in range(cfg.prompts_per_step)]
+    return [sample_problem(rng.choice(cfg.tasks), rng, split="train", difficulty=cfg.difficulty)
+            for _ in range(cfg.prompts_per_step)]
+
+
+def rollout(model, tok, cfg: GRPOConfig, step: int, device, world: World | None = None):
+    """Sample this rank's share of the step's B prompts x G completions and score them. Prompt i's
+    group is sampled with its own generator seeded by (seed, step, i): the same samples whichever
+    rank draws them."""
+    world = world or World()
+    mine = world.shard(list(enumerate(rollout_problems(cfg, step))))  # [(global index, problem)]
+    problems = [p for _, p in mine]
+    gens = [torch.Generator(device=device).manual_seed((cfg.seed * 1_000_003 + step) * 65_537 + i) for i, _ in mine]
     ids = [tok.encode(prompt(p), bos=True) for p in problems]
     with RoutingRecorder(model) as rec, autocast(device):
         out = generate(model, ids, num_samples=cfg.num_generations, max_new_tokens=cfg.max_completion_length,
                        temperature=cfg.temperature, top_p=cfg.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                       stop_sequences=[tok.encode("</answer>")], generator=gen)
+                       stop_sequences=[tok.encode("</answer>")], generator=gens)
     G = cfg.num_generations
     texts, rs, parts = [], [], []
     for row in range(out.tokens.shape[0]):
@@ -323,16 +340,24 @@ def make_reference(model: Transformer) -> Transformer:
     return copy.deepcopy(model).eval().requires_grad_(False)
 
 
+def loss_denominator(mask: torch.Tensor, loss_type: str) -> torch.Tensor:
+    """What grpo_loss divides this mini-batch's summed terms by, up to a constant: its tokens
+    (dapo) or its sequences (grpo: a mean of sequence means; dr_grpo: sequences x L_max)."""
+    return mask.sum().clamp(min=1).float() if loss_type == "dapo" else torch.tensor(float(len(mask)))
+
+
 def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, state: dict | None = None,
-               quiet: bool = False) -> dict:
-    """The GRPO loop (see the module docstring). `state`: a grpo checkpoint to resume from."""
+               quiet: bool = False, world: World | None = None) -> dict:
+    """The GRPO loop (see the module docstring). `state`: a grpo checkpoint to resume from;
+    `world`: the processes this one trains with (default: none, runs.World)."""
+    world = world or World()
     cfg.check_fits(model.cfg)
     metrics = Metrics(run / "metrics.jsonl")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     ref = None
     start = 0
     if state is not None and state.get("stage") == "grpo":
-        opt.load_state_dict(state["optimizer"])
+        world.load_optimizer(model, opt, state)
         set_rng_state(state["rng"])
         start = state["step"]
     else:
@@ -341,16 +366,14 @@ def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, stat
         ref = make_reference(model)
         if state is not None and state.get("ref") is not None:
             ref.load_state_dict(state["ref"])
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    if state is not None and state.get("generator") is not None:
-        gen.set_state(state["generator"])
     G = cfg.num_generations
-    progress = Progress(cfg.steps, "grpo", start_step=start, every=1, quiet=quiet)
+    progress = Progress(cfg.steps, "grpo", start_step=start, every=1, quiet=quiet or not world.is_main)
     last = {}
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
-        # 1. sample and 2. score
-        ro, problems, parts, sampled_routing = rollout(model, tok, cfg, step, device, gen)
+        # 1. sample and 2. score (this rank's prompts, on a model whose forwards need no other rank)
+        with world.full_model(model) as sampler_model:
+            ro, problems, parts, sampled_routing = rollout(sampler_model, tok, cfg, step, device, world)
         t_sample = time.perf_counter() - t0
         stats = rollout_stats(ro, parts, tok, G)
         # 3. advantages (computed in rollout) and which groups carry signal
@@ -361,14 +384,19 @@ def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, stat
         if cfg.mask_truncated_completions:
             loss_mask &= ~ro.truncated.unsqueeze(1)
         rows_all = keep.nonzero().flatten()
+        n_kept = int(world.all_reduce_sum(torch.tensor(len(rows_all))))  # every rank takes the same steps
         # 4. mu epochs over mini-batches
         losses, clip, kls, ents, ratios, mismatch = [], [], [], [], [], []
         model.reset_expert_load()  # the training forwards count the rollout's expert loads
         for _ in range(cfg.num_iterations):
-            if len(rows_all) == 0:
+            if n_kept == 0:
                 break
             perm = rows_all[torch.randperm(len(rows_all))]
-            for rows in perm.tensor_split(min(cfg.num_minibatches, len(perm))):
+            for rows in perm.tensor_split(min(cfg.num_minibatches, n_kept)):
+                # a rank with no rows in this mini-batch still joins the sharded forward and
+                # backward, on one row whose loss weighs 0
+                weight = 1.0 if len(rows) else 0.0
+                rows = rows if len(rows) else torch.zeros(1, dtype=torch.long)
                 measure = bool(sampled_routing) and not mismatch and not losses  # first mini-batch only
                 for m in model.moe_layers():
                     m.record = measure
@@ -386,6 +414,9 @@ def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, stat
                 loss, st = grpo_loss(logp, ro.old_logp[rows], ro.advantages[rows], loss_mask[rows], ref_logp=ref_logp,
                                      beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                                      loss_type=cfg.loss_type, max_len=cfg.max_completion_length)
+                # this rank's share of the global normaliser (exactly 1.0 in one process)
+                denom = loss_denominator(loss_mask[rows], cfg.loss_type) * weight
+                loss = loss * (denom * world.world_size / world.all_reduce_sum(denom))
                 if not torch.isfinite(loss):  # a NaN stops the run: it is never skipped silently
                     raise R1Error(f"grpo step {step}: the loss is {loss.item()} (non-finite); "
                                   f"lower --learning-rate (now {cfg.learning_rate}) or check the run's samples.txt")
@@ -394,47 +425,62 @@ def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, stat
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 m = loss_mask[rows].float()
-                losses.append(loss.item())
+                losses.append(float(world.all_reduce_mean(loss.detach())))
                 clip.append(st["clip_frac"])
                 ratios.append(st["ratio"])
                 ents.append(float((ent.detach() * m).sum() / m.sum().clamp(min=1)))
                 if st["kl"] is not None:
                     kls.append(st["kl"])
-        # 5. MoE bias update from the rollout's loads, and the reference reset
-        load = model.expert_load().clone()
-        if len(rows_all):
+        # 5. MoE bias update from the rollout's loads (all ranks'), and the reference reset
+        load = world.all_reduce_sum(model.expert_load())
+        if n_kept:
             model.update_biases(load)
         if ref is not None and (step + 1) % cfg.ref_reset_every == 0:
             ref.load_state_dict(model.state_dict())
-        # 6. log
+        # 6. log (rank 0; rollout statistics averaged over ranks, each holding B / world_size prompts)
         mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
         imbalance = model.load_imbalance(load)
         last = {"step": step + 1, **stats, "loss": mean(losses), "clip_frac": mean(clip), "ratio": mean(ratios),
-                "entropy": mean(ents), "kl": mean(kls), "groups_used": len(rows_all) // G,
+                "entropy": mean(ents), "kl": mean(kls), "groups_used": n_kept // G,
                 "load_max_over_mean": imbalance, "routing_mismatch": mean(mismatch),
                 "sample_s": t_sample, "step_s": time.perf_counter() - t0}
-        metrics.log(stage="grpo", **last)
-        progress.update(step + 1, reward=stats["reward"], acc=stats["accuracy"], think=stats["think_len"],
-                        zero_var=stats["zero_var_groups"])
-        if cfg.dump_every and (step % cfg.dump_every == 0 or step + 1 == cfg.steps):
+        last = rank_means(last, world)
+        if world.is_main:
+            metrics.log(stage="grpo", **last)
+        progress.update(step + 1, reward=last["reward"], acc=last["accuracy"], think=last["think_len"],
+                        zero_var=last["zero_var_groups"])
+        if world.is_main and cfg.dump_every and (step % cfg.dump_every == 0 or step + 1 == cfg.steps):
             with open(run / "samples.txt", "a") as f:
                 f.write(f"=== step {step + 1}\n")
                 for i in range(0, min(len(ro.texts), 3 * G), G):
                     f.write(f"{problems[i // G].question} (answer {problems[i // G].answer}) reward "
                             f"{ro.rewards[i]:.2f}\n  {ro.texts[i]}\n")
-        # 7. eval and checkpoint
+        # 7. eval (rank 0, on the whole model) and checkpoint
         done = step + 1 == cfg.steps
         if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or done:
-            ev = evaluate(model, tok, eval_problems(cfg.tasks, cfg.eval_n, cfg.difficulty), k=cfg.eval_k,
-                          greedy=False, max_new_tokens=cfg.max_completion_length, seed=cfg.seed)
-            metrics.log(stage="grpo", step=step + 1, eval={t: r for t, r in ev["tasks"].items()})
-            progress.message(f"  eval @ {step + 1}: pass@1 " + ", ".join(
-                f"{t} {r['pass@1']:.3f}" for t, r in ev["tasks"].items()) +
-                f", think {ev['overall']['think_len']:.1f} tokens")
-            last["eval"] = ev["tasks"]
+            with world.full_model(model) as full:
+                if world.is_main:
+                    ev = evaluate(full, tok, eval_problems(cfg.tasks, cfg.eval_n, cfg.difficulty), k=cfg.eval_k,
+                                  greedy=False, max_new_tokens=cfg.max_completion_length, seed=cfg.seed)
+                    metrics.log(stage="grpo", step=step + 1, eval={t: r for t, r in ev["tasks"].items()})
+                    progress.message(f"  eval @ {step + 1}: pass@1 " + ", ".join(
+                        f"{t} {r['pass@1']:.3f}" for t, r in ev["tasks"].items()) +
+                        f", think {ev['overall']['think_len']:.1f} tokens")
+                    last["eval"] = ev["tasks"]
         if (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0) or done:
-            save_checkpoint(run, step + 1, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                            "ref": None if ref is None else ref.state_dict(),
-                                            "rng": rng_state(), "generator": gen.get_state(), "step": step + 1,
-                                            "stage": "grpo", "config": model.cfg.to_dict(), "grpo": asdict(cfg)})
+            world.save_checkpoint(run, step + 1, model, opt, {
+                "ref": None if ref is None else ref.state_dict(), "rng": rng_state(), "step": step + 1,
+                "stage": "grpo", "config": model.cfg.to_dict(), "grpo": asdict(cfg)})
     return last
+
+
+def rank_means(row: dict, world: World) -> dict:
+    """The float fields of a log row averaged over ranks; a field that is None on some ranks (say
+    len_correct, when no sample of a rank was right) is the mean over the ranks that have it."""
+    if world.world_size == 1:
+        return row
+    keys = [k for k, v in row.items() if isinstance(v, float) or v is None]  # the same keys on every rank
+    have = torch.tensor([[0.0 if row[k] is None else row[k], float(row[k] is not None)] for k in keys],
+                        dtype=torch.float64)  # [K, 2]
+    total = world.all_reduce_sum(have)
+    return row | {k: (s / n if n else None) for k, (s, n) in zip(keys, total.tolist())}

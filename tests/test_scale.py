@@ -1,0 +1,319 @@
+"""Tests of scale/: the same training on two processes (gloo, FSDP2) as in one, DCP checkpoints that
+move between 2 ranks and 1 process both ways, a torchrun run that loses a rank and resumes, the
+one-line errors of bad launches, and the planner's figures against hand arithmetic.
+
+One 2-process group (torch.multiprocessing.spawn + FileStore, no torchrun) runs every two-rank
+scenario once per module; the one-process references run here, in the pytest process. CPU only.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+torch.set_num_threads(1)  # 2 cores shared with other test runs: no oversubscription
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import train_grpo  # noqa: E402
+from data import default_tokenizer  # noqa: E402
+from model import build_model, preset  # noqa: E402
+from runs import Metrics, World, load_checkpoint  # noqa: E402
+from train import TrainConfig, load_run, pretrain_batches, save_run_files, train_lm  # noqa: E402
+from train_grpo import GRPOConfig  # noqa: E402
+
+pytestmark = pytest.mark.distributed
+
+CPU = torch.device("cpu")
+SMALL = dict(dim=32, inter_dim=64, moe_inter_dim=32, n_layers=2, kv_lora_rank=16, qk_nope_head_dim=8,
+             qk_rope_head_dim=8, v_head_dim=8, n_heads=2)
+N = 4  # pre-training steps; runs are interrupted right after the checkpoint at N/2
+
+
+def pre_cfg():
+    return TrainConfig(steps=N, batch_size=8, lr=3e-3, warmup=2, ckpt_every=N // 2, eval_every=0, eval_n=2, seed=3)
+
+
+def grpo_cfg():
+    return GRPOConfig(steps=2, prompts_per_step=4, num_generations=4, max_completion_length=8, learning_rate=1e-2,
+                      eval_every=0, ckpt_every=0, dump_every=0, eval_n=2, eval_k=1)
+
+
+def seven_reward(text, answer, numbers=None, **kw):
+    """A reward a random model earns unevenly (the share of '7's), so groups carry gradient."""
+    r = text.count("7") / max(len(text), 1)
+    return r, {"accuracy": r, "format": 0.0, "overlong": 0.0, "reward": r}
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupted(batches):
+    def batch(step):
+        if step == N // 2:
+            raise Interrupt
+        return batches(step)
+    return batch
+
+
+def new_run(path: Path, tok, seed=3):
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = preset("tiny", vocab_size=tok.vocab_size, **SMALL)
+    save_run_files(path, cfg, tok, "pretrain", {})
+    return cfg
+
+
+def losses(run: Path) -> dict[int, float]:
+    """step -> loss of a run's metrics (the last row of a step, if a restart logged it twice)."""
+    return {r["step"]: r["loss"] for r in Metrics(run / "metrics.jsonl").read() if "eval" not in r}
+
+
+def biases(model) -> list[torch.Tensor]:
+    return [m.gate.bias.clone() for m in model.moe_layers()]
+
+
+# ------------------------------------------------------------------ the two-rank runs
+
+
+def two_rank_worker(rank: int, world_size: int, store_path: str, out: str):
+    """Every two-rank scenario, in one process group; results go to out/rank{r}.pt."""
+    torch.set_num_threads(1)
+    from torch.distributed import FileStore
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from scale.dist import init_world
+
+    world = init_world("cpu", "gloo", store=FileStore(store_path, world_size), rank=rank, world_size=world_size)
+    out, tok, res = Path(out), default_tokenizer(), {}
+    full = lambda m: get_model_state_dict(m, options=StateDictOptions(full_state_dict=True))  # noqa: E731
+
+    # 1. pre-training from scratch, interrupted after the DCP checkpoint at N/2
+    cfg = pre_cfg()
+    model = world.build_model(preset("tiny", vocab_size=tok.vocab_size, **SMALL), CPU, seed=3)
+    try:
+        train_lm(out / "dist", model, tok, cfg, interrupted(pretrain_batches(cfg)), CPU, quiet=True, world=world)
+    except Interrupt:
+        pass
+    res["biases_half"] = biases(model)
+    # 2. a one-process checkpoint (.pt, written by the test) resumed on two ranks up to N
+    model, _, state = world.load_run(out / "single", CPU)
+    train_lm(out / "single", model, tok, cfg, pretrain_batches(cfg), CPU, state=state, quiet=True, world=world)
+    res["resumed_weights"], res["resumed_biases"] = full(model), biases(model)
+    # 3. GRPO from the same initial model
+    train_grpo.rewards.reward = seven_reward
+    model = world.build_model(preset("tiny", vocab_size=tok.vocab_size, **SMALL), CPU, seed=0)
+    train_grpo.train_grpo(out / "grpo", model, tok, grpo_cfg(), CPU, quiet=True, world=world)
+    res["grpo_weights"], res["grpo_biases"] = full(model), biases(model)
+    torch.save(res, out / f"rank{rank}.pt")
+    world.close()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """The two-rank results, after the one-process run they start from (run `single`, N/2 steps)."""
+    out = tmp_path_factory.mktemp("scale")
+    tok = default_tokenizer()
+    for name in ("dist", "single", "grpo"):
+        new_run(out / name, tok)
+    cfg = pre_cfg()
+    model = build_model(preset("tiny", vocab_size=tok.vocab_size, **SMALL), seed=3)
+    with pytest.raises(Interrupt):
+        train_lm(out / "single", model, tok, cfg, interrupted(pretrain_batches(cfg)), CPU, quiet=True)
+    mp.spawn(two_rank_worker, args=(2, str(out / "store"), str(out)), nprocs=2)
+    return out, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The reference: N pre-training steps and the GRPO run, in this process."""
+    out = tmp_path_factory.mktemp("ref")
+    tok = default_tokenizer()
+    new_run(out / "pre", tok)
+    model = build_model(preset("tiny", vocab_size=tok.vocab_size, **SMALL), seed=3)
+    cfg = pre_cfg()
+    train_lm(out / "pre", model, tok, cfg, pretrain_batches(cfg), CPU, quiet=True)
+    pre = {"weights": model.state_dict(), "biases": biases(model), "losses": losses(out / "pre")}
+    saved, train_grpo.rewards.reward = train_grpo.rewards.reward, seven_reward
+    try:
+        new_run(out / "grpo", tok)
+        model = build_model(preset("tiny", vocab_size=tok.vocab_size, **SMALL), seed=0)
+        train_grpo.train_grpo(out / "grpo", model, tok, grpo_cfg(), CPU, quiet=True)
+    finally:
+        train_grpo.rewards.reward = saved
+    grpo = {"weights": model.state_dict(), "biases": biases(model),
+            "rows": [r for r in Metrics(out / "grpo" / "metrics.jsonl").read() if "eval" not in r]}
+    return pre, grpo
+
+
+def close_weights(a: dict, b: dict, atol=1e-5):
+    assert a.keys() == b.keys()
+    bad = [k for k in a if not torch.allclose(a[k].float(), b[k].float(), atol=atol, rtol=1e-4)]
+    assert bad == [], bad
+
+
+def test_pretraining_on_two_ranks_gives_the_one_process_losses(two_ranks, one_process):
+    out, _ = two_ranks
+    pre, _ = one_process
+    two = losses(out / "dist")
+    assert sorted(two) == [1, 2]  # interrupted after N/2 steps
+    for step, loss in two.items():
+        assert loss == pytest.approx(pre["losses"][step], abs=1e-5), step
+
+
+def test_moe_biases_identical_on_every_rank_and_equal_to_one_process(two_ranks, one_process):
+    out, (r0, r1) = two_ranks
+    pre, grpo = one_process
+    for key in ("biases_half", "resumed_biases", "grpo_biases"):
+        assert all(torch.equal(a, b) for a, b in zip(r0[key], r1[key])), key
+    assert all(torch.equal(a, b) for a, b in zip(r0["resumed_biases"], pre["biases"]))
+    assert any(b.abs().sum() > 0 for b in pre["biases"])  # the biases did move
+    assert all(torch.equal(a, b) for a, b in zip(r0["grpo_biases"], grpo["biases"]))
+
+
+def test_one_process_checkpoint_resumes_on_two_ranks(two_ranks, one_process):
+    out, (r0, _) = two_ranks
+    pre, _ = one_process
+    resumed = losses(out / "single")
+    assert sorted(resumed) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(pre["losses"][step], abs=1e-5), step
+    close_weights(r0["resumed_weights"], pre["weights"])
+    assert (out / "single" / "ckpt" / "step_000004").is_dir()  # ... and wrote a DCP folder
+
+
+def test_two_rank_checkpoint_resumes_in_one_process(two_ranks, one_process):
+    out, _ = two_ranks
+    pre, _ = one_process
+    run = out / "dist"
+    assert (run / "ckpt" / "step_000002" / ".metadata").is_file()  # a DCP folder, not a .pt
+    model, tok, state = load_run(run)
+    assert state["step"] == N // 2 and state["stage"] == "pretrain"
+    cfg = pre_cfg()
+    train_lm(run, model, tok, cfg, pretrain_batches(cfg), CPU, state=state, quiet=True, world=World())
+    for step in (3, 4):
+        assert losses(run)[step] == pytest.approx(pre["losses"][step], abs=1e-5), step
+    close_weights(model.state_dict(), pre["weights"])
+    assert load_checkpoint(run)["step"] == N  # ... and wrote a one-process .pt
+
+
+def test_grpo_on_two_ranks_gives_the_one_process_losses(two_ranks, one_process):
+    out, (r0, _) = two_ranks
+    _, grpo = one_process
+    two = [r for r in Metrics(out / "grpo" / "metrics.jsonl").read() if "eval" not in r]
+    assert len(two) == len(grpo["rows"]) == 2
+    assert all(r["groups_used"] > 0 and r["loss"] != 0 for r in grpo["rows"])  # real gradients
+    for a, b in zip(two, grpo["rows"]):
+        for key in ("reward", "groups_used", "completion_len", "zero_var_groups", "loss"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    close_weights(r0["grpo_weights"], grpo["weights"])
+
+
+def test_a_prompts_samples_do_not_depend_on_the_other_prompts_in_the_batch():
+    """What makes a GRPO rollout the same on any number of ranks: with one generator per prompt,
+    prompt b's group is the same sampled beside prompt a or alone."""
+    from sampler import generate
+
+    tok = default_tokenizer()
+    model = build_model(preset("tiny", vocab_size=tok.vocab_size, **SMALL), seed=1)
+    a, b = tok.encode("User: _1663+_5242", bos=True), tok.encode("User: 12-7", bos=True)
+    gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    kw = dict(num_samples=4, max_new_tokens=10, temperature=1.0, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    both = generate(model, [a, b], generator=gens(1, 2), **kw)
+    alone = generate(model, [b], generator=gens(2), **kw)
+    assert torch.equal(both.tokens[4:], alone.tokens) and torch.equal(both.mask[4:], alone.mask)
+    assert not torch.equal(both.tokens[:4], both.tokens[4:])  # and the groups are not all alike
+
+
+# ------------------------------------------------------------------ torchrun: restarts and bad launches
+
+
+def torchrun(args: list[str], env=None, nproc=2, extra=()):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *extra,
+           "--", "scale/train.py", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"} | (env or {}))
+
+
+def test_killed_rank_restarts_and_resumes_from_the_last_checkpoint(tmp_path):
+    """Rank 1 dies as step 4 begins (after the checkpoint at 2); torchrun restarts both ranks, which
+    resume from step 2: step 3 is trained twice from the same state on the same data, and agrees."""
+    run = tmp_path / "ft"
+    p = torchrun(["pretrain", "--run", str(run), "--steps", "4", "--batch-size", "4", "--ckpt-every", "2",
+                  "--eval-every", "0", "--eval-n", "1", "--device", "cpu", "--quiet"],
+                 env={"R1_KILL_AT_STEP": "3"}, extra=["--max-restarts=1"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = [r for r in Metrics(run / "metrics.jsonl").read() if "eval" not in r]
+    steps = [r["step"] for r in rows]
+    assert steps == [1, 2, 3, 3, 4], steps  # step 3 before the kill, then again after the restart
+    assert rows[2]["loss"] == pytest.approx(rows[3]["loss"], abs=1e-6)
+    assert load_checkpoint(run)["step"] == 4
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_bad_launches_end_with_one_line_from_rank_0(tmp_path, monkeypatch, capsys, rank):
+    """Checked on every rank before any process group exists (so none can wait for another):
+    exit code 2 everywhere, one line from rank 0, nothing from the others, nothing written."""
+    from scale.train import main
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    expected = ["error: --batch-size 5 does not split over 2 ranks: use a multiple of 2",
+                "error: --prompts-per-step 3 does not split over 2 ranks: use a multiple of 2 (each rank samples "
+                "whole groups)"]
+    argvs = [["pretrain", "--run", str(tmp_path / "a"), "--batch-size", "5"],
+             ["grpo", "--init", str(tmp_path / "base"), "--prompts-per-step", "3"]]
+    if not torch.cuda.is_available():
+        expected.append("error: --backend nccl needs CUDA GPUs, and none is available here: use --backend gloo "
+                        "(or auto) on CPU")
+        argvs.append(["pretrain", "--run", str(tmp_path / "a"), "--backend", "nccl"])
+    for argv, line in zip(argvs, expected):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines() == ([line] if rank == 0 else [])
+    assert not (tmp_path / "a").exists()
+
+
+# ------------------------------------------------------------------ the planner
+
+
+def test_planner_671b_against_hand_arithmetic():
+    from scale.plan import plan
+
+    D, V, L, E, F = 7168, 129280, 61, 256, 2048
+    expert = 3 * D * F
+    total, mtp = 671_026_404_352, 11_610_067_968  # SPEC 1.4 (and `python r1.py params`)
+    counts = {"total": total, "mtp": mtp, "embedding": V * D, "head": V * D,
+              "activated": total - 58 * (E - 8) * expert, "mtp_activated": mtp - (E - 8) * expert,
+              "kv_cache_bytes_bf16": L * (512 + 64) * 2}
+    p = plan(preset("deepseek-v3-671b"), 2048, 80, counts=counts)
+    P = total + mtp
+    assert p["bf16_weights"] == P * 2  # ~1.37 TB: no GPU samples alone with the whole model
+    assert p["param_shards"] == p["grad_shards"] == P * 4 / 2048 and p["adam"] == P * 8 / 2048
+    assert p["states"] == pytest.approx(16 * P / 2048)  # 5.33 GB
+    mla = D * 1536 + 1536 * 128 * 192 + D * 576 + 512 * 128 * 256 + 128 * 128 * D + 1536 + 512 + 2 * D
+    moe_ffn = 257 * expert + E * D  # 256 routed + 1 shared expert, and the router
+    assert p["unit"] == mla + moe_ffn and p["gathered"] == 2 * 2 * (mla + moe_ffn)
+    assert p["kv"] == 70_272 * 16 * 32768
+    assert p["comm_per_step"] == pytest.approx(8 * P * 2047 / 2048)
+    assert p["train_fits"] and not p["rollout_fits"]
+    assert not plan(preset("deepseek-v3-671b"), 64, 80, counts=counts)["train_fits"]  # 170 GB of state per GPU
+
+
+def test_planner_counts_are_model_pys(capsys):
+    from model import count_params
+    from scale.plan import main, plan
+
+    cfg = preset("deepseek-v2-lite-16b")
+    c = count_params(cfg)
+    p = plan(cfg, 16, 80)
+    assert p["params"] == c["total"] + c["mtp"] and p["kv_per_token"] == c["kv_cache_bytes_bf16"]
+    assert main(["--preset", "tiny", "--gpus", "2", "--gpu-mem", "24"]) == 0
+    assert "verdict: fits in memory under pure FSDP" in capsys.readouterr().out
+    assert main(["--preset", "nope"]) == 2
