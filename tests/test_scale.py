@@ -48,7 +48,7 @@ def grpo_cfg():
 def seven_reward(text, answer, numbers=None, **kw):
     """A reward a random model earns unevenly (the share of '7's), so groups carry gradient."""
     r = text.count("7") / max(len(text), 1)
-    return r, {"accuracy": r, "format": 0.0, "overlong": 0.0, "reward": r}
+    return r, {"accuracy": r, "format": 0.0, "consistency": 0.0, "overlong": 0.0, "reward": r}
 
 
 class Interrupt(Exception):
