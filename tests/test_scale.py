@@ -7,6 +7,7 @@ scenario once per module; the one-process references run here, in the pytest pro
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -237,8 +238,15 @@ def test_a_prompts_samples_do_not_depend_on_the_other_prompts_in_the_batch():
 def torchrun(args: list[str], env=None, nproc=2, extra=()):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *extra,
            "--", "scale/train.py", *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240,
-                          env=os.environ | {"OMP_NUM_THREADS": "1"} | (env or {}))
+    # its own session, so that a timeout kills torchrun's workers too instead of leaving them behind
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"} | (env or {}), start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def test_killed_rank_restarts_and_resumes_from_the_last_checkpoint(tmp_path):
