@@ -561,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cold-start", help="write readable cold-start SFT examples (JSONL)")
     p.add_argument("--out", required=True, help="JSONL file to write")
-    p.add_argument("--n", type=int, default=300, help="examples (default 300)")
+    p.add_argument("--n", type=int, default=1000, help="examples (default 1000, as the recipe)")
     p.add_argument("--tasks", default="add", help="comma-separated tasks (default add)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")

@@ -4,7 +4,7 @@ distillation into a small dense student (R1 §2.3-2.4, [R1v2] §3 and Fig. 2; SP
     stage    what                                                   from           paper
     base     pre-trained model (train.py)                           -              DeepSeek-V3-Base
     R1-Zero  GRPO, accuracy + format rewards (train_grpo.py)        base           §2.2
-    Dev1     SFT on a few hundred readable cold-start examples      base           §2.3.1
+    Dev1     SFT on 1,000 readable cold-start examples              base           §2.3.1
     Dev2     GRPO, accuracy + format + consistency rewards          Dev1           §2.3.2
     Dev3     SFT on Dev2's rejection-sampled training answers       base (again)   §2.3.3
     R1       GRPO again, same rewards                               Dev3           §2.3.4

@@ -28,11 +28,12 @@ the closed vocabulary of data/tokenizer.py, so the base checkpoints can be fine-
 are; the readable style differs from the corpus only in layout, which is what the consistency reward
 (rewards.consistency_reward) measures.
 
-Like R1's cold start (thousands of examples against 800k in the later SFT), the set is small: a few
-hundred distinct problems of the train split, every one thought through fully (no SHORT or GRADED
-examples, no mistakes).
+Like R1's cold start (thousands of examples against 800k in the later SFT), the set is small: a thousand
+distinct problems of the train split by default, every one thought through fully (no SHORT or GRADED
+examples, no mistakes). 300 examples x 100 SFT steps left Dev1 at 69% on held-out problems, against 79%
+for 1,000 x 200: the summary line is a read-off the model learns only here (README, "The full R1 recipe").
 
-    python r1.py cold-start --out runs/cold_start.jsonl --n 300
+    python r1.py cold-start --out runs/cold_start.jsonl --n 1000
     python r1.py sft --data runs/cold_start.jsonl --init runs/zero/base --run runs/dev1
 """
 
