@@ -294,6 +294,7 @@ class RecipeConfig:
     seed: int = 0
     tasks: tuple[str, ...] = ("add",)
     cold_start_n: int = 1000  # readable cold-start examples (R1: thousands against ~800k later); 300 -> Dev1 69-75%
+    cold_start_summary: bool = True  # False drops the summary line (an ablation, README)
     sft_lr: float = 1e-3  # SFT from a pre-trained model: a third of the pre-training lr
     sft_batch_size: int = 32
     cold_start_steps: int = 200  # Dev1: ~6 epochs; the summary read-off needs them (100 steps: 69-75%)
@@ -463,7 +464,7 @@ def run_recipe(run: Path, zero: Path, cfg: RecipeConfig, device, quiet: bool = F
         load_checkpoint(needed)  # a missing or damaged run fails here, before any work
 
     clock.stage("Dev1 data", f"{cfg.cold_start_n} readable cold-start examples -> {run / 'cold_start.jsonl'}")
-    rows = cold_start_set(cfg.cold_start_n, tasks=cfg.tasks, seed=cfg.seed)
+    rows = cold_start_set(cfg.cold_start_n, tasks=cfg.tasks, seed=cfg.seed, with_summary=cfg.cold_start_summary)
     write_jsonl(rows, run / "cold_start.jsonl", overwrite=True)
     print(f"   e.g. {rows[0]['completion']!r}", flush=True)
     clock.stage("Dev1", f"cold-start SFT of the base ({cfg.cold_start_steps} steps)")
