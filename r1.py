@@ -183,7 +183,8 @@ def cmd_cold_start(args):
     from recipe import write_jsonl
 
     _positive(n=args.n)
-    rows = _value_error(cold_start_set, args.n, tasks=tuple(_tasks(args.tasks)), seed=args.seed)
+    rows = _value_error(cold_start_set, args.n, tasks=tuple(_tasks(args.tasks)), seed=args.seed,
+                        with_summary=not args.no_summary)
     write_jsonl(rows, args.out, overwrite=args.overwrite)
     print(f"e.g. {rows[0]['prompt'].splitlines()[-2]}\n{rows[0]['completion']}")
     print(f"wrote {len(rows)} readable cold-start examples to {args.out} "
@@ -567,10 +568,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cold-start", help="write readable cold-start SFT examples (JSONL)")
     p.add_argument("--out", required=True, help="JSONL file to write")
-    p.add_argument("--n", type=int, default=300, help="examples (default 300)")
+    p.add_argument("--n", type=int, default=1000, help="examples (default 1000, as the recipe)")
     p.add_argument("--tasks", default="add", help="comma-separated tasks (default add)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--no-summary", action="store_true",
+                   help="drop the summary line (an ablation; the recipe always writes it)")
     p.set_defaults(fn=cmd_cold_start)
 
     p = sub.add_parser("rejection-sample", help="k samples per training prompt, keep the verified ones (JSONL)")

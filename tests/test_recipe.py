@@ -91,6 +91,8 @@ def test_readable_example_of_the_docstring():
     text = readable_completion(Problem("add", "_1663+_5242", "6905"))
     assert text == ("<think>\n3+2+0=5\n6+4+0=10\n6+2+1=9\n1+5+0=6\n0+0+0=0\n=6905\n"
                     "</think><answer>6905</answer>")
+    short = readable_completion(Problem("add", "_1663+_5242", "6905"), with_summary=False)
+    assert short == text.replace("=6905\n", "") and consistency_reward(short) == 1.0
 
 
 @pytest.mark.parametrize("think, expected", [
