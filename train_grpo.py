@@ -66,7 +66,7 @@ REFLECTION = re.compile(r"\b(wait|check|verify|mistake|wrong|retry|error|however
 class GRPOConfig:
     """Names follow TRL's GRPOConfig where the concept exists there."""
 
-    steps: int = 40
+    steps: int = 80
     prompts_per_step: int = 16  # B questions per step
     num_generations: int = 8  # G completions per question
     learning_rate: float = 5e-5
