@@ -114,7 +114,7 @@ def cmd_pretrain(args, world=None):
 
 def cmd_sft(args, world=None):
     from runs import World
-    from train import TrainConfig, read_jsonl, sft_batches, train_lm
+    from train import TrainConfig, check_sft_pairs, read_jsonl, sft_batches, train_lm
 
     world = world or World()
     cfg = config_from_args(TrainConfig, args, completion_only=True)
@@ -122,11 +122,7 @@ def cmd_sft(args, world=None):
     device = world.pick_device(args.device)
     _default_run_from_init(args, "sft")
     model, tok, _ = world.load_run(args.init, device)
-    for i, (p, c) in enumerate(pairs, start=1):
-        try:
-            tok.encode(p + c)
-        except ValueError as e:
-            raise R1Error(f"{args.data}:{i}: {e}") from None
+    check_sft_pairs(pairs, tok, args.data)
     run, model, tok, state = _open_stage_run(args, "sft", model, tok, cfg, {"data": str(args.data)}, device, world)
     _print_config(model.cfg, cfg, run, args.quiet or not world.is_main)
     last = train_lm(run, model, tok, cfg, sft_batches(pairs, cfg), device, state, quiet=args.quiet, stage="sft",

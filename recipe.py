@@ -35,7 +35,6 @@ Qwen/Llama bases pre-trained elsewhere).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -47,9 +46,10 @@ from data import check_task, default_tokenizer, make_problems, prompt
 from data.cold_start import cold_start_set
 from evaluate import evaluate, format_table
 from model import ModelConfig, build_model, count_params, preset
-from runs import R1Error, autocast, load_checkpoint
+from runs import R1Error, autocast, load_checkpoint, write_text_atomic
 from sampler import generate
-from train import TrainConfig, eval_problems, load_run, pretrain_batches, save_run_files, sft_batches, train_lm
+from train import (TrainConfig, check_sft_pairs, eval_problems, load_run, pretrain_batches, run_config_and_tokenizer,
+                   save_run_files, sft_batches, train_lm)
 from train_grpo import GRPOConfig, train_grpo
 
 
@@ -161,12 +161,7 @@ def write_jsonl(rows: list[dict], path: str | Path, overwrite: bool = False) -> 
     if not rows:
         raise R1Error(f"nothing to write to {path}: no example was kept")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
@@ -179,9 +174,10 @@ def _steps_done(run: Path) -> int:
     return load_checkpoint(run)["step"] if (run / "ckpt" / "latest").exists() else 0
 
 
-def _open(init: Path, run: Path, stage: str, cfg, device, extra: dict):
-    """(model, tok, state) to train: `run` resumed if it has a checkpoint, else a new run from `init`."""
-    if _steps_done(run):
+def _open(init: Path, run: Path, done: int, stage: str, cfg, device, extra: dict):
+    """(model, tok, state) to train: `run` resumed if it has a checkpoint (`done` steps), else a new run
+    from `init`."""
+    if done:
         return load_run(run, device)
     model, tok, _ = load_run(init, device)
     if isinstance(cfg, GRPOConfig):
@@ -194,34 +190,33 @@ def _open(init: Path, run: Path, stage: str, cfg, device, extra: dict):
 def sft_stage(init: Path, run: Path, pairs: list[tuple[str, str]], cfg: TrainConfig, device, quiet: bool,
               data: str = "") -> Path:
     """SFT (loss on completions) of the model in `init` on `pairs`, into `run`; skipped when finished."""
-    if _steps_done(run) >= cfg.steps:
+    done = _steps_done(run)
+    if done >= cfg.steps:
         return run
-    model, tok, state = _open(init, run, "sft", cfg, device, {"data": data})
-    for i, (p, c) in enumerate(pairs, start=1):
-        try:
-            tok.encode(p + c)
-        except ValueError as e:
-            raise R1Error(f"{data or 'SFT data'}:{i}: {e}") from None
+    model, tok, state = _open(init, run, done, "sft", cfg, device, {"data": data})
+    check_sft_pairs(pairs, tok, data or "SFT data")
     train_lm(run, model, tok, cfg, sft_batches(pairs, cfg), device, state, quiet=quiet, stage="sft")
     return run
 
 
 def grpo_stage(init: Path, run: Path, cfg: GRPOConfig, device, quiet: bool) -> Path:
     """GRPO from the model in `init`, into `run`; skipped when finished."""
-    if _steps_done(run) >= cfg.steps:
+    done = _steps_done(run)
+    if done >= cfg.steps:
         return run
-    model, tok, state = _open(init, run, "grpo", cfg, device, {})
+    model, tok, state = _open(init, run, done, "grpo", cfg, device, {})
     train_grpo(run, model, tok, cfg, device, state, quiet=quiet)
     return run
 
 
 def pretrain_stage(run: Path, model_cfg: ModelConfig, cfg: TrainConfig, device, quiet: bool, preset_name: str) -> Path:
     """Pre-training from scratch (the student's base) with the teacher's corpus and tokenizer."""
-    if _steps_done(run) >= cfg.steps:
+    done = _steps_done(run)
+    if done >= cfg.steps:
         return run
     tok = default_tokenizer()
     state = None
-    if _steps_done(run):
+    if done:
         model, tok, state = load_run(run, device)
     else:
         run.mkdir(parents=True, exist_ok=True)
@@ -275,12 +270,11 @@ def check_student(teacher_tok, teacher_cfg: ModelConfig, student_preset: str, st
     if count_params(cfg)["total"] >= count_params(teacher_cfg)["total"]:
         raise R1Error(f"student preset {student_preset!r} is not smaller than the teacher")
     if student_base is not None:
-        _, base_tok, _ = load_run(student_base, "cpu")
+        base_cfg, base_tok = run_config_and_tokenizer(student_base, load_checkpoint(student_base))
         if base_tok.hf.get_vocab() != teacher_tok.hf.get_vocab():
             raise R1Error(f"the student base {student_base} has another tokenizer than the teacher "
                           f"({base_tok.vocab_size} vs {teacher_tok.vocab_size} tokens): pre-train the student "
                           f"with the teacher's tokenizer")
-        base_cfg = ModelConfig.from_dict(load_checkpoint(student_base)["config"])
         if base_cfg != cfg:
             raise R1Error(f"the student base {student_base} is not a {student_preset!r} model (its config.json "
                           f"differs from the preset)")

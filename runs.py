@@ -170,13 +170,18 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
     return path
 
 
-def write_json_atomic(path: Path, obj) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file, flush it to disk, then rename it over `path`."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def read_json(path: Path) -> dict:

@@ -184,6 +184,15 @@ def read_jsonl(path: str | Path) -> list[tuple[str, str]]:
     return pairs
 
 
+def check_sft_pairs(pairs: list[tuple[str, str]], tok: Tokenizer, source) -> None:
+    """R1Error naming the first example (by its line number in `source`) that the tokenizer cannot write."""
+    for i, (p, c) in enumerate(pairs, start=1):
+        try:
+            tok.encode(p + c)
+        except ValueError as e:
+            raise R1Error(f"{source}:{i}: {e}") from None
+
+
 @torch.no_grad()
 def heldout_loss(model: Transformer, tok: Tokenizer, problems, device) -> float:
     """Main next-token loss on LONG worked solutions of held-out problems (completion tokens only)."""
