@@ -49,6 +49,7 @@ by the tests. Every function raises runs.R1Error with one line for bad input.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict
@@ -58,7 +59,7 @@ import torch
 
 from data.tokenizer import BOS, EOS, PAD, UNK, Tokenizer
 from model import ModelConfig, build_model
-from runs import R1Error, prepare_run_dir, save_checkpoint
+from runs import R1Error, check_deletable, prepare_run_dir, save_checkpoint
 from train import load_run, save_run_files
 
 _PARTS = {  # our module name -> HF module name (one dotted component each)
@@ -158,12 +159,15 @@ def hf_state_dict(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def _writable(path: Path, overwrite: bool, what: str) -> Path:
-    if path.exists() and not path.is_dir():
-        raise R1Error(f"{what} {path} is a file, not a directory")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise R1Error(f"{what} {path} already exists and is not empty: pass --overwrite or choose another")
-    return path
+def tensors_sha256(weights: dict[str, torch.Tensor]) -> str:
+    """One SHA-256 over every tensor's name and bytes: what export_hf stores in the safetensors
+    header and import_hf recomputes, so that a flipped bit in the weights is an error, not a model.
+    (Another tool's re-save writes its own header without it: then only finiteness is checked.)"""
+    h = hashlib.sha256()
+    for key in sorted(weights):
+        h.update(key.encode())
+        h.update(weights[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def export_hf(run_dir, out_dir, *, overwrite: bool = False) -> Path:
@@ -172,10 +176,10 @@ def export_hf(run_dir, out_dir, *, overwrite: bool = False) -> Path:
     model, tok, _ = load_run(run_dir)
     cfg = model.cfg
     config = hf_config(cfg, tok)
-    out = _writable(Path(out_dir), overwrite, "export folder")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "model.safetensors.index.json").unlink(missing_ok=True)  # would redirect loaders to old shards
-    st.save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    # a new or empty folder, or one an earlier export made (marked), emptied with --overwrite
+    out = prepare_run_dir(out_dir, resume=False, overwrite=overwrite, sources=(run_dir,), flag="--hf")
+    weights = hf_state_dict(model)  # the digest travels in the file's own header, checked by import_hf
+    st.save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt", "r1_sha256": tensors_sha256(weights)})
     specials = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": UNK}
     files = {
         "config.json": config,
@@ -254,6 +258,8 @@ def model_config_from_hf(hf: dict, mtp_depth: int) -> ModelConfig:
 
 
 def _read_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder's safetensors file(s), checked: against the digest our export
+    wrote in the header (when the file has one), and finite (a flipped exponent bit shows as inf or NaN)."""
     st = _safetensors()
     index = hf_dir / "model.safetensors.index.json"
     if index.is_file():
@@ -269,12 +275,20 @@ def _read_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     weights = {}
     for name in files:
         try:
-            weights.update(st.load_file(str(hf_dir / name)))
+            with st.safe_open(str(hf_dir / name), "pt") as f:
+                part = {key: f.get_tensor(key) for key in f.keys()}
+                digest = (f.metadata() or {}).get("r1_sha256")
         except Exception as e:  # missing shard, truncated file: safetensors raises several types
             raise R1Error(f"cannot read {hf_dir / name} ({type(e).__name__}): the checkpoint is incomplete") from None
+        if digest is not None and tensors_sha256(part) != digest:
+            raise R1Error(f"{hf_dir / name} does not match the digest written when it was exported: the weights "
+                          f"were changed or damaged since")
+        weights.update(part)
     for key, t in weights.items():
         if t.is_floating_point() and t.element_size() == 1:
             raise R1Error(f"{key} is {t.dtype} (fp8): dequantise the checkpoint to bf16/fp32 first")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise R1Error(f"{key} holds inf or NaN values: the checkpoint is damaged")
     return weights
 
 
@@ -308,7 +322,10 @@ def import_hf(hf_dir, out_run, *, overwrite: bool = False) -> Path:
         raise R1Error(f"{hf_dir / 'config.json'} is not valid JSON ({e.msg} at line {e.lineno})") from None
     if Path(out_run).resolve() == hf_dir.resolve():
         raise R1Error(f"the run directory must differ from the folder imported ({hf_dir})")
-    run = _writable(Path(out_run), overwrite, "run directory")
+    if Path(out_run).is_dir() and any(Path(out_run).iterdir()):  # fail before reading gigabytes, write after
+        if not overwrite:
+            raise R1Error(f"--out {out_run} already exists: pass --overwrite to start again, or choose another --out")
+        check_deletable(Path(out_run), sources=(hf_dir,))
     tok = _load_tokenizer(hf_dir, model_config_from_hf(hf, 0).vocab_size)  # before reading gigabytes
     weights = _read_weights(hf_dir)
     n_layers = hf["num_hidden_layers"]
@@ -355,7 +372,7 @@ def import_hf(hf_dir, out_run, *, overwrite: bool = False) -> Path:
             elif key.endswith("attn.wkv_a.weight"):
                 C = cfg.kv_lora_rank
                 state[key] = torch.cat([state[key][:C], state[key][C:][perm]])
-    run = prepare_run_dir(run, resume=False, overwrite=True)
+    run = prepare_run_dir(out_run, resume=False, overwrite=overwrite, sources=(hf_dir,), flag="--out")
     save_run_files(run, cfg, tok, "import", {"source": str(hf_dir)})
     save_checkpoint(run, 0, {"model": state, "config": asdict(cfg), "step": 0, "stage": "import"})
     return run

@@ -28,7 +28,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from runs import R1Error
+from runs import R1Error, release_runs
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,7 +88,7 @@ def cmd_pretrain(args, world=None):
     """`world`: the processes training together (scale/train.py); None = this process alone."""
     from data import check_task, default_tokenizer
     from model import preset
-    from runs import World, prepare_run_dir
+    from runs import World, check_memory, has_checkpoint, prepare_run_dir
     from train import TrainConfig, check_resume_config, pretrain_batches, save_run_files, train_lm
 
     world = world or World()
@@ -98,12 +98,15 @@ def cmd_pretrain(args, world=None):
     device = world.pick_device(args.device)
     tok = default_tokenizer()
     model_cfg = _value_error(preset, args.preset, vocab_size=tok.vocab_size)
+    check_memory(model_cfg, device, train_rows=cfg.batch_size // world.world_size, seq=model_cfg.max_seq_len,
+                 what=f"pre-training --preset {args.preset} with --batch-size {cfg.batch_size}")
     run = world.on_main(prepare_run_dir, args.run, resume=args.resume, overwrite=args.overwrite)
     state = None
-    if args.resume:
-        check_resume_config(run, model_cfg, dataclasses.asdict(cfg), "pretrain")
+    if args.resume and (run / "config.json").exists():
+        world.on_main(check_resume_config, run, model_cfg, dataclasses.asdict(cfg), "pretrain")
+    if args.resume and has_checkpoint(run):
         model, tok, state = world.load_run(run, device)
-    else:
+    else:  # a new run, or one killed before its first checkpoint: started from step 0
         world.on_main(save_run_files, run, model_cfg, tok, "pretrain", dataclasses.asdict(cfg), {"preset": args.preset})
         model = world.build_model(model_cfg, device, seed=cfg.seed)
     _print_config(model_cfg, cfg, run, args.quiet or not world.is_main)
@@ -113,7 +116,7 @@ def cmd_pretrain(args, world=None):
 
 
 def cmd_sft(args, world=None):
-    from runs import World
+    from runs import World, check_memory
     from train import TrainConfig, check_sft_pairs, read_jsonl, sft_batches, train_lm
 
     world = world or World()
@@ -123,7 +126,10 @@ def cmd_sft(args, world=None):
     _default_run_from_init(args, "sft")
     model, tok, _ = world.load_run(args.init, device)
     check_sft_pairs(pairs, tok, args.data)
-    run, model, tok, state = _open_stage_run(args, "sft", model, tok, cfg, {"data": str(args.data)}, device, world)
+    check_memory(model.cfg, device, train_rows=cfg.batch_size // world.world_size, seq=model.cfg.max_seq_len,
+                 what=f"SFT with --batch-size {cfg.batch_size}")
+    run, model, tok, state = _open_stage_run(args, "sft", model, tok, cfg, {"data": str(args.data)}, device, world,
+                                             sources=(args.init, args.data))
     _print_config(model.cfg, cfg, run, args.quiet or not world.is_main)
     last = train_lm(run, model, tok, cfg, sft_batches(pairs, cfg), device, state, quiet=args.quiet, stage="sft",
                     world=world)
@@ -139,15 +145,17 @@ def _default_run_from_init(args, stage: str):
         raise R1Error(f"--run must differ from --init: {stage} writes a new run and never overwrites its start point")
 
 
-def _open_stage_run(args, stage, model, tok, cfg, extra, device, world):
+def _open_stage_run(args, stage, model, tok, cfg, extra, device, world, sources):
     """The run directory of a stage that starts from --init: a new one (configs and tokenizer written),
-    or, with --resume, the existing one continued with the same options."""
-    from runs import prepare_run_dir
+    or, with --resume, the existing one continued with the same options (from step 0 if it was
+    killed before its first checkpoint). --overwrite never empties a folder holding `sources`."""
+    from runs import has_checkpoint, prepare_run_dir
     from train import check_resume_config, save_run_files
 
-    run = world.on_main(prepare_run_dir, args.run, resume=args.resume, overwrite=args.overwrite)
-    if args.resume:
-        check_resume_config(run, model.cfg, dataclasses.asdict(cfg), stage)
+    run = world.on_main(prepare_run_dir, args.run, resume=args.resume, overwrite=args.overwrite, sources=sources)
+    if args.resume and (run / "config.json").exists():
+        world.on_main(check_resume_config, run, model.cfg, dataclasses.asdict(cfg), stage)
+    if args.resume and has_checkpoint(run):
         return (run, *world.load_run(run, device))
     world.on_main(save_run_files, run, model.cfg, tok, stage, dataclasses.asdict(cfg), {"init": str(args.init), **extra})
     return run, model, tok, None
@@ -228,7 +236,8 @@ def cmd_distill(args):
     data = Path(args.data) if args.data else None
     check_distill(Path(args.teacher), cfg, student_base, data)  # before the run directory is made
     device = pick_device(args.device)
-    run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite)
+    run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite,
+                          sources=(args.teacher, args.student_base, args.data))
     res = distill(Path(args.teacher), run, cfg, device, args.quiet, Stopwatch(args.quiet), student_base, data)
     print("\n" + format_table(rows_by_task(res["eval"]), table_keys(cfg.eval_k)))
     print(f"wrote {run / 'results.json'}")
@@ -250,7 +259,7 @@ def cmd_recipe(args):
     if student_base is not None:
         load_checkpoint(student_base)
     device = pick_device(args.device)
-    run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite)
+    run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite, sources=(args.zero, args.student_base))
     clock = Stopwatch(args.quiet)
     if zero is None:
         zero = run / "zero"
@@ -285,7 +294,7 @@ def cmd_sample(args):
 
 
 def cmd_grpo(args, world=None):
-    from runs import World
+    from runs import World, check_memory
     from train_grpo import GRPOConfig, train_grpo
 
     world = world or World()
@@ -294,7 +303,11 @@ def cmd_grpo(args, world=None):
     _default_run_from_init(args, "grpo")
     model, tok, _ = world.load_run(args.init, device)
     cfg.check_fits(model.cfg)
-    run, model, tok, state = _open_stage_run(args, "grpo", model, tok, cfg, {}, device, world)
+    check_memory(model.cfg, device, train_rows=cfg.prompts_per_step * cfg.num_generations // world.world_size,
+                 seq=model.cfg.max_seq_len, cache_rows=cfg.prompts_per_step * cfg.num_generations,
+                 models=2 if cfg.beta > 0 else 1, what=f"GRPO with {cfg.prompts_per_step} x {cfg.num_generations} "
+                 f"samples a step")
+    run, model, tok, state = _open_stage_run(args, "grpo", model, tok, cfg, {}, device, world, sources=(args.init,))
     _print_config(model.cfg, cfg, run, args.quiet or not world.is_main)
     last = train_grpo(run, model, tok, cfg, device, state, quiet=args.quiet, world=world)
     if world.is_main:
@@ -310,33 +323,41 @@ def cmd_zero(args):
     from evaluate import evaluate, format_table
     from model import build_model, preset
     from report import plot_run
-    from runs import load_checkpoint, pick_device, prepare_run_dir
-    from train import TrainConfig, eval_problems, load_run, pretrain_batches, save_run_files, train_lm
+    from runs import check_memory, has_checkpoint, load_checkpoint, mark_run_dir, pick_device, prepare_run_dir
+    from train import (TrainConfig, check_resume_config, eval_problems, load_run, pretrain_batches, save_run_files,
+                       train_lm)
     from train_grpo import GRPOConfig, train_grpo
 
     t_start = time.perf_counter()
-    device = pick_device(args.device)
     smoke = args.smoke
     pre = TrainConfig(seed=args.seed, **({"steps": 10, "batch_size": 8, "eval_every": 0, "eval_n": 4, "ckpt_every": 0}
                                          if smoke else {}))
+    k, n = (2, 4) if smoke else (args.k, args.n)
     rl = GRPOConfig(seed=args.seed, **({"steps": 2, "prompts_per_step": 2, "num_generations": 4, "eval_every": 0,
                                         "eval_n": 4, "eval_k": 2, "ckpt_every": 0, "max_completion_length": 24}
                                        if smoke else {}))
-    k, n = (2, 4) if smoke else (args.k, args.n)
+    GRPOConfig(eval_n=n, eval_k=k)  # --n and --k: the same ranges as GRPO's own evaluations
+    device = pick_device(args.device)
+    tok = default_tokenizer()
+    model_cfg = _value_error(preset, args.preset, vocab_size=tok.vocab_size)
+    check_memory(model_cfg, device, train_rows=max(pre.batch_size, rl.prompts_per_step * rl.num_generations),
+                 seq=model_cfg.max_seq_len, what=f"the R1-Zero story with --preset {args.preset}")
     run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite)
     base_dir, rl_dir = run / "base", run / "rl"
-    tok = default_tokenizer()
+    if args.resume:  # the story's stages must continue with the options they were started with
+        for stage_dir, stage, cfg in ((base_dir, "pretrain", pre), (rl_dir, "grpo", rl)):
+            if (stage_dir / "config.json").exists():
+                check_resume_config(stage_dir, model_cfg, dataclasses.asdict(cfg), stage)
 
     # 1. the base model (pre-training on the task corpus; resumed or skipped if already there)
     print(f"== 1/4 pre-training the base model ({pre.steps} steps) -> {base_dir}")
-    done = (base_dir / "ckpt" / "latest").exists() and load_checkpoint(base_dir)["step"] >= pre.steps
+    done = has_checkpoint(base_dir) and load_checkpoint(base_dir)["step"] >= pre.steps
     if not done:
         state = None
-        if (base_dir / "ckpt" / "latest").exists():
+        if has_checkpoint(base_dir):
             model, tok, state = load_run(base_dir, device)
         else:
-            base_dir.mkdir(parents=True, exist_ok=True)
-            model_cfg = _value_error(preset, args.preset, vocab_size=tok.vocab_size)
+            mark_run_dir(base_dir)
             save_run_files(base_dir, model_cfg, tok, "pretrain", dataclasses.asdict(pre), {"preset": args.preset})
             model = build_model(model_cfg, device=device, seed=args.seed)
         train_lm(base_dir, model, tok, pre, pretrain_batches(pre), device, state, quiet=args.quiet)
@@ -355,10 +376,10 @@ def cmd_zero(args):
     # 3. GRPO from the base
     print(f"== 3/4 GRPO ({rl.steps} steps x {rl.prompts_per_step} prompts x {rl.num_generations} samples) -> {rl_dir}")
     state = None
-    if (rl_dir / "ckpt" / "latest").exists():
+    if has_checkpoint(rl_dir):
         model, tok, state = load_run(rl_dir, device)
     else:
-        rl_dir.mkdir(parents=True, exist_ok=True)
+        mark_run_dir(rl_dir)
         save_run_files(rl_dir, model.cfg, tok, "grpo", dataclasses.asdict(rl), {"init": str(base_dir)})
     if state is None or state["step"] < rl.steps:
         train_grpo(rl_dir, model, tok, rl, device, state, quiet=args.quiet)
@@ -638,9 +659,18 @@ def main(argv=None) -> int:
     except R1Error as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # permissions, a file where a folder should be, a full disk: one line, no traceback
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory: choose a smaller preset, batch or number of samples", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted: the last complete checkpoint is kept; continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        release_runs()
     return 0
 
 

@@ -46,7 +46,7 @@ from data import check_task, default_tokenizer, make_problems, prompt
 from data.cold_start import cold_start_set
 from evaluate import evaluate, format_table
 from model import ModelConfig, build_model, count_params, preset
-from runs import R1Error, autocast, load_checkpoint, write_text_atomic
+from runs import R1Error, autocast, check_numbers, has_checkpoint, load_checkpoint, mark_run_dir, write_text_atomic
 from sampler import generate
 from train import (TrainConfig, check_sft_pairs, eval_problems, load_run, pretrain_batches, run_config_and_tokenizer,
                    save_run_files, sft_batches, train_lm)
@@ -72,6 +72,7 @@ class RejectionConfig:
     seed: int = 1  # the problems are make_problems(task, n, split="train", seed=seed)
 
     def __post_init__(self):
+        check_numbers(self)
         if self.n_prompts <= 0 or self.k <= 0 or self.max_new_tokens <= 0 or self.max_run <= 0:
             raise R1Error("--n-prompts, --k, --max-new-tokens and --max-run must be > 0")
         if not (self.temperature > 0 and 0 < self.top_p <= 1 and 0 <= self.min_consistency <= 1):
@@ -171,7 +172,7 @@ def write_jsonl(rows: list[dict], path: str | Path, overwrite: bool = False) -> 
 
 
 def _steps_done(run: Path) -> int:
-    return load_checkpoint(run)["step"] if (run / "ckpt" / "latest").exists() else 0
+    return load_checkpoint(run)["step"] if has_checkpoint(run) else 0
 
 
 def _open(init: Path, run: Path, done: int, stage: str, cfg, device, extra: dict):
@@ -182,7 +183,7 @@ def _open(init: Path, run: Path, done: int, stage: str, cfg, device, extra: dict
     model, tok, _ = load_run(init, device)
     if isinstance(cfg, GRPOConfig):
         cfg.check_fits(model.cfg)
-    run.mkdir(parents=True, exist_ok=True)
+    mark_run_dir(run)
     save_run_files(run, model.cfg, tok, stage, asdict(cfg), {"init": str(init), **extra})
     return model, tok, None
 
@@ -219,7 +220,7 @@ def pretrain_stage(run: Path, model_cfg: ModelConfig, cfg: TrainConfig, device, 
     if done:
         model, tok, state = load_run(run, device)
     else:
-        run.mkdir(parents=True, exist_ok=True)
+        mark_run_dir(run)
         save_run_files(run, model_cfg, tok, "pretrain", asdict(cfg), {"preset": preset_name})
         model = build_model(model_cfg, device=device, seed=cfg.seed)
     train_lm(run, model, tok, cfg, pretrain_batches(cfg), device, state, quiet=quiet)
@@ -308,6 +309,7 @@ class RecipeConfig:
     smoke: bool = False  # tiny stages for tests: numbers mean nothing, every code path runs
 
     def __post_init__(self):
+        check_numbers(self)
         self.tasks = tuple(self.tasks)
         for f in fields(self):
             v = getattr(self, f.name)
@@ -416,7 +418,7 @@ def distill(teacher: Path, run: Path, cfg: RecipeConfig, device, quiet: bool, cl
     """Distilled student (SFT on the teacher's rejection-sampled answers) vs RL-only student, from the
     same student base; returns {"rejection": stats, "eval": {name: result}} and writes run/results.json."""
     student_cfg, pairs = check_distill(teacher, cfg, student_base, data)
-    run.mkdir(parents=True, exist_ok=True)
+    mark_run_dir(run)
     if pairs is None:
         clock.stage("distill data", f"rejection sampling the teacher {teacher} ({cfg.rs_prompts} prompts x {cfg.rs_k})")
         rows, stats = rejection_stage(teacher, run / "distill.jsonl", cfg.rejection(), device, quiet, cfg.smoke)

@@ -3,18 +3,27 @@
 A run directory holds everything needed to see and resume what happened:
 
     runs/NAME/
+        .r1-run           the marker: this folder was made by r1.py (--overwrite deletes nothing else)
         config.json       the resolved configs (model, stage) and the stage name
         tokenizer.json    the tokenizer the model was trained with
         ckpt/step_000400.pt  checkpoints: model, optimizer, RNG states, step, config
+        ckpt/step_000400.pt.sha256   its SHA-256, checked before every load (a flipped bit is an error)
         ckpt/latest       the name of the newest complete checkpoint (updated last)
         ckpt/step_000400/    or, from a scale/ run, a torch.distributed.checkpoint (DCP) folder
                              with meta.pt (step, config, RNG states); load_checkpoint reads both
         metrics.jsonl     one JSON object per logged step or evaluation
         samples.txt       text dumps of prompts, completions and rewards
 
-Checkpoints are written to a temporary file, flushed to disk and renamed over the target, and
-the `latest` pointer is replaced the same way only afterwards: a crash at any moment leaves the
-previous checkpoint loadable.
+Checkpoints are written to a temporary file, flushed to disk and renamed over the target, then
+their checksum, and the `latest` pointer is replaced the same way only afterwards: a crash at any
+moment leaves the previous checkpoint loadable. They hold tensors, numbers, strings, lists and dicts
+only, and are read with torch.load(weights_only=True): loading a checkpoint never runs code from it.
+
+Safety of the user's files: a command writes only into a run directory it created (it holds the
+`.r1-run` marker) or an empty one; `--overwrite` empties only a marked folder, and never one that holds
+the working directory, a git work tree, this source code or a source of the run being made. While a
+process writes a run it holds an exclusive lock on the folder (flock, released by the OS even on
+kill -9), so a second writer is refused. On resume the logs are cut back to the checkpoint's step.
 
 `World` is what a training loop asks of the other processes training with it (all-reduce the
 MoE expert loads, average logged metrics, take this rank's share of a global batch, save a
@@ -25,9 +34,12 @@ folder written by scale/, uses DCP's file reader).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -41,6 +53,25 @@ import torch
 
 class R1Error(Exception):
     """A user-facing error: r1.py prints its message on one line and exits with code 2."""
+
+
+MAX_INT = 2**31 - 1  # a bound on every integer option: seeds and sizes stay inside int64 arithmetic
+MAX_EVAL_N = 10_000  # held-out problems per task: the held-out split of the easiest level is smaller
+
+
+def check_numbers(cfg) -> None:
+    """R1Error naming the option unless every number of a config dataclass is usable: floats finite
+    (argparse accepts "nan" and "inf"), integers within [-MAX_INT, MAX_INT], a seed >= 0. Each config's
+    own __post_init__ then checks the ranges that are its own."""
+    import dataclasses
+    for f in dataclasses.fields(cfg):
+        v, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise R1Error(f"{flag} must be a finite number, got {v}")
+        if isinstance(v, int) and not isinstance(v, bool) and not -MAX_INT <= v <= MAX_INT:
+            raise R1Error(f"{flag} {v} is out of range (at most {MAX_INT:,})")
+        if f.name == "seed" and v < 0:
+            raise R1Error(f"--seed must be >= 0, got {v}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,6 +99,41 @@ def pick_device(name: str = "auto") -> torch.device:
 def autocast(device: torch.device):
     """bf16 autocast on CUDA; fp32 elsewhere (bf16 is slower than fp32 for small CPU models)."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for tensors on `device` (CUDA: free device memory; CPU: the OS's MemAvailable),
+    or None where it cannot be known (then nothing is refused)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(model_cfg, device: torch.device, *, train_rows: int, seq: int, what: str,
+                 cache_rows: int = 0, models: int = 1) -> None:
+    """R1Error, before anything is allocated, when a stage clearly cannot fit: fp32 weights (x4 with
+    gradients and AdamW's two moments when training), the activations autograd keeps for `train_rows`
+    sequences of `seq` tokens (scale/plan.py's per-token count, fp32), and a KV cache for `cache_rows`.
+    An estimate to stop the absurd (a 671B preset, a batch of millions) with one line, not a planner."""
+    from model import count_params
+    from scale.plan import activation_numbers
+
+    c = count_params(model_cfg)
+    P = c["total"] + c["mtp"]
+    moe = model_cfg.n_routed_experts > 0
+    per_token = model_cfg.n_layers * activation_numbers(model_cfg, moe) + 3 * model_cfg.vocab_size
+    need = (4 * P * (4 if train_rows else 1) * models + 4 * train_rows * seq * per_token
+            + cache_rows * seq * 2 * c["kv_cache_bytes_bf16"])  # the cache is fp32 here: twice the bf16 bytes
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise R1Error(f"{what} needs about {need / 2**30:,.1f} GiB ({P / 1e6:,.1f}M parameters) but "
+                      f"{device.type} has {free / 2**30:,.1f} GiB free: choose a smaller preset or batch")
 
 
 def seed_everything(seed: int):
@@ -153,21 +219,102 @@ class World:
 # --------------------------------------------------------------------------------------------
 
 
-def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
-    """Create a new run directory, or accept an existing one only with --resume / --overwrite."""
+MARKER = ".r1-run"  # in every run directory r1.py creates; the only folders --overwrite may empty
+SOURCE_DIR = Path(__file__).resolve().parent  # this code: never inside a folder that gets emptied
+_LOCKS: dict[Path, int] = {}  # run directory -> the open descriptor holding its flock, in this process
+
+
+def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool, sources=(), flag: str = "--run") -> Path:
+    """The run directory a stage writes: a new (or empty) folder, a marked one continued with
+    --resume, or a marked one emptied with --overwrite. `sources` are the paths this run reads
+    (--init, --data, an import folder...): --overwrite never empties a folder holding one of them.
+    Everything is checked before anything is written; the folder is then locked for this process.
+    `flag` names the option in messages (--run, or --hf for an export folder)."""
+    if not str(path).strip():
+        raise R1Error(f"{flag} is empty: name a folder, e.g. {flag} runs/mine")
     path = Path(path)
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and not path.is_dir():
+        raise R1Error(f"{flag} {path} is a file, not a directory: choose another {flag}")
+    if resume and not (path.is_dir() and any(path.iterdir())):
+        raise R1Error(f"--resume: run directory {path} does not exist or is empty (nothing to resume)")
+    if path.is_dir() and any(path.iterdir()):
         if resume:
+            if not (path / MARKER).exists() and not (path / "config.json").exists():
+                raise R1Error(f"--resume: {path} is not a run directory made by r1.py (no {MARKER} or config.json)")
+            lock_run(path)
             return path
         if not overwrite:
-            raise R1Error(f"run directory {path} already exists: pass --resume to continue it, "
-                          f"--overwrite to start again, or choose another --run")
-        for p in sorted(path.rglob("*"), reverse=True):  # start again, but only inside this run dir
-            p.unlink() if p.is_file() or p.is_symlink() else p.rmdir()
-    elif resume:
-        raise R1Error(f"--resume: run directory {path} does not exist (nothing to resume)")
-    path.mkdir(parents=True, exist_ok=True)
+            again = "--resume to continue it, " if flag == "--run" else ""
+            raise R1Error(f"{flag} {path} already exists: pass {again}--overwrite to start again, "
+                          f"or choose another {flag}")
+        check_deletable(path, sources)
+        lock_run(path)
+        for child in path.iterdir():  # emptied, not removed: the lock stays on the folder itself
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    else:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise R1Error(f"cannot create {flag} {path}: {e.strerror}") from None
+        lock_run(path)
+    mark_run_dir(path)
     return path
+
+
+def mark_run_dir(path: Path) -> Path:
+    """Create `path` if needed and mark it as made by r1.py (the stages inside a story or a recipe
+    are run directories of their own: each can be evaluated, resumed or overwritten alone)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / MARKER).exists():
+        write_text_atomic(path / MARKER, "made by r1.py: --overwrite may empty this folder\n")
+    return path
+
+
+def check_deletable(path: Path, sources=()) -> None:
+    """R1Error unless emptying `path` can only lose what r1.py itself wrote there."""
+    real = path.resolve()
+    here = Path.cwd().resolve()
+    if real == Path(real.anchor) or real == Path.home().resolve():
+        raise R1Error(f"--overwrite {path}: refusing to empty a root or home folder")
+    if here.is_relative_to(real):
+        raise R1Error(f"--overwrite {path}: it holds the working directory {here}; refusing to empty it")
+    if SOURCE_DIR.is_relative_to(real):
+        raise R1Error(f"--overwrite {path}: it holds r1's own source code ({SOURCE_DIR}); refusing to empty it")
+    if (path / ".git").exists():
+        raise R1Error(f"--overwrite {path}: it is a git work tree; refusing to empty it")
+    for src in sources:
+        if src is not None and str(src).strip() and Path(src).resolve().is_relative_to(real):
+            raise R1Error(f"--overwrite {path}: it holds {src}, which this command reads; choose another folder")
+    if not (path / MARKER).exists():
+        raise R1Error(f"--overwrite {path}: the folder was not made by r1.py (no {MARKER} marker), so it is "
+                      f"not deleted; remove it yourself or choose another folder")
+
+
+def lock_run(path: Path) -> None:
+    """An exclusive lock on the run directory for the rest of this process (or until release_runs):
+    a second process that tries to write the same run gets one clear line instead of a corrupt run.
+    The OS drops the lock when the process ends, however it ends."""
+    key = path.resolve()
+    if key in _LOCKS:
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; runs are not locked there
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise R1Error(f"{path} is being written by another r1.py process: wait for it to end "
+                      f"(or stop it), then --resume") from None
+    _LOCKS[key] = fd
+
+
+def release_runs() -> None:
+    """Drop this process's run locks (the end of a command; r1.main calls it)."""
+    while _LOCKS:
+        os.close(_LOCKS.popitem()[1])
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -199,42 +346,95 @@ def read_json(path: Path) -> dict:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+    """Every random generator's state as plain tensors, numbers and lists (weights_only-loadable)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state: dict):
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_CKPT_NAME = re.compile(r"step_(\d{6,})(\.pt)?")  # a complete checkpoint: a .pt file or a DCP folder
+
+
 def save_checkpoint(run: Path, step: int, state: dict, keep: int = 2) -> Path:
-    """Write ckpt/step_NNNNNN.pt atomically, then point ckpt/latest at it; keep the newest `keep`."""
+    """Write ckpt/step_NNNNNN.pt atomically, then its checksum, then point ckpt/latest at it; keep
+    the newest `keep`."""
     ckdir = run / "ckpt"
     ckdir.mkdir(exist_ok=True)
     name = f"step_{step:06d}.pt"
     tmp = ckdir / (name + ".tmp")
     with open(tmp, "wb") as f:
-        torch.save(state, f)
+        torch.save({**state, "tokenizer_sha256": tokenizer_sha256(run)}, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, ckdir / name)
+    write_checksum(ckdir / name)
     point_latest(ckdir, name, keep)
     return ckdir / name
+
+
+def tokenizer_sha256(run: Path) -> str | None:
+    """The digest of the run's tokenizer.json, stored in each checkpoint and compared on load."""
+    path = Path(run) / "tokenizer.json"
+    return file_sha256(path) if path.is_file() else None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digests(path: Path) -> dict[str, str]:
+    """SHA-256 of a checkpoint: of the file, or of every file in a DCP folder (by relative name)."""
+    if not path.is_dir():
+        return {path.name: file_sha256(path)}
+    return {f.relative_to(path).as_posix(): file_sha256(f) for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def write_checksum(path: Path) -> None:
+    """ckpt/step_NNNNNN(.pt).sha256: the digests of a checkpoint just written, written atomically."""
+    write_text_atomic(path.with_name(path.name + ".sha256"), json.dumps(file_digests(path), indent=1))
+
+
+def verify_checksum(path: Path) -> None:
+    """R1Error (one line) unless the checkpoint's bytes are those its .sha256 file records."""
+    record = path.with_name(path.name + ".sha256")
+    if not record.is_file():
+        raise R1Error(f"checkpoint {path} has no checksum ({record.name}): it was not completely written "
+                      f"(or by an older r1.py); retrain, or point ckpt/latest at an older checkpoint")
+    try:
+        want = json.loads(record.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise R1Error(f"{record} is corrupt: the checkpoint cannot be verified") from None
+    if file_digests(path) != want:
+        raise R1Error(f"checkpoint {path} does not match its checksum: the file was changed or damaged "
+                      f"after it was written; point ckpt/latest at an older checkpoint, or retrain")
 
 
 def point_latest(ckdir: Path, name: str, keep: int = 2) -> None:
     """Point ckpt/latest at `name` (a .pt file or a DCP folder), then delete all but the newest
     `keep` checkpoints. Only after the pointer is replaced does the new checkpoint count."""
-    latest_tmp = ckdir / "latest.tmp"
-    latest_tmp.write_text(name)
-    os.replace(latest_tmp, ckdir / "latest")
-    done = [p for p in ckdir.glob("step_*") if p.suffix != ".tmp"]
-    for old in sorted(done, key=lambda p: int(p.name[5:11]))[:-keep]:
+    write_text_atomic(ckdir / "latest", name)
+    done = sorted((p for p in ckdir.iterdir() if _CKPT_NAME.fullmatch(p.name)), key=lambda p: int(_CKPT_NAME.fullmatch(p.name)[1]))
+    for old in done[:-keep]:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
+        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+
+
+def has_checkpoint(run: str | Path) -> bool:
+    return (Path(run) / "ckpt" / "latest").is_file()
 
 
 def latest_checkpoint(run: str | Path) -> Path:
@@ -243,26 +443,34 @@ def latest_checkpoint(run: str | Path) -> Path:
     if not run.is_dir():
         raise R1Error(f"run directory {run} does not exist")
     latest = run / "ckpt" / "latest"
-    if not latest.exists():
+    if not latest.is_file():
         raise R1Error(f"{run} has no checkpoint (no ckpt/latest): train it first or pick another run")
-    path = run / "ckpt" / latest.read_text().strip()
+    try:
+        name = latest.read_text().strip()
+    except UnicodeDecodeError:
+        name = ""
+    if not _CKPT_NAME.fullmatch(name):
+        raise R1Error(f"{latest} is damaged (it should name a checkpoint like step_000400.pt)")
+    path = run / "ckpt" / name
     if not path.exists():
         raise R1Error(f"{latest} points at {path.name}, which is missing: the run directory is damaged")
     return path
 
 
 def load_checkpoint(run: str | Path, map_location="cpu") -> dict:
-    """The newest complete checkpoint of a run, from a .pt file or (written by scale/) a DCP folder;
-    R1Error (one line) if missing or corrupt. The optimizer state comes back as optimizer.state_dict()
-    makes it (keyed by parameter index), whichever format it was stored in."""
+    """The newest complete checkpoint of a run, from a .pt file or (written by scale/) a DCP folder,
+    its checksum verified and read without unpickling code (weights_only); R1Error (one line) if
+    missing, changed or corrupt. The optimizer state comes back as optimizer.state_dict() makes it
+    (keyed by parameter index), whichever format it was stored in."""
     path = latest_checkpoint(run)
+    verify_checksum(path)
     try:
-        state = read_dcp(path) if path.is_dir() else torch.load(path, map_location=map_location, weights_only=False)
+        state = read_dcp(path) if path.is_dir() else torch.load(path, map_location=map_location, weights_only=True)
     except R1Error:
         raise
-    except Exception as e:  # torch raises many types for a damaged file; all mean the same to the user
-        raise R1Error(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__}): "
-                      f"delete it and point ckpt/latest at an older one, or retrain") from None
+    except Exception as e:  # torch raises many types for a damaged or code-carrying file; all mean the same here
+        raise R1Error(f"checkpoint {path} is corrupt or not a plain-tensor checkpoint ({type(e).__name__}): "
+                      f"it is not loaded; point ckpt/latest at an older one, or retrain") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise R1Error(f"checkpoint {path} is not an r1.py checkpoint (no model/config)")
     return state
@@ -275,10 +483,10 @@ def read_dcp(path: Path) -> dict:
 
     if not (path / "meta.pt").is_file():
         raise R1Error(f"checkpoint folder {path} has no meta.pt: it was not written by scale/train.py")
-    meta = torch.load(path / "meta.pt", weights_only=False)
+    meta = torch.load(path / "meta.pt", weights_only=True)
     with tempfile.TemporaryDirectory() as tmp:
         dcp_to_torch_save(path, Path(tmp) / "state.pt")
-        tensors = torch.load(Path(tmp) / "state.pt", weights_only=False)
+        tensors = torch.load(Path(tmp) / "state.pt", weights_only=True)
     state = {**meta, "model": tensors["model"], "optimizer": optimizer_state_by_index(tensors["optimizer"]),
              "rng": meta["rng"][0]}  # one process continues with rank 0's random state
     if "ref" in tensors:
@@ -312,9 +520,48 @@ class Metrics:
             f.write(json.dumps(row) + "\n")
 
     def read(self) -> list[dict]:
+        """The rows; a torn last line (a process killed mid-write) is left out, any other bad line is
+        an R1Error naming it."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        try:
+            lines = self.path.read_text().splitlines()
+        except UnicodeDecodeError:
+            raise R1Error(f"{self.path} is not UTF-8 text: the file is damaged") from None
+        rows = []
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if n == len(lines):
+                    break
+                raise R1Error(f"{self.path}:{n}: not valid JSON: the file is damaged") from None
+            if not isinstance(row, dict):
+                raise R1Error(f"{self.path}:{n}: not a JSON object: the file is damaged")
+            rows.append(row)
+        return rows
+
+    def cut_after(self, step: int) -> None:
+        """Keep only the rows of steps <= `step` (a resume from that step's checkpoint re-runs the
+        rest, which logs again: one row per step, whatever was killed when)."""
+        if self.path.exists():
+            rows = [r for r in self.read() if r.get("step", 0) <= step]
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def cut_samples_after(path: Path, step: int) -> None:
+    """samples.txt without the dumps of steps after `step` (they are written again on resume)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines(keepends=True):
+        m = re.fullmatch(r"=== step (\d+)\n?", line)
+        if m and int(m[1]) > step:
+            break
+        kept.append(line)
+    write_text_atomic(path, "".join(kept))
 
 
 class Progress:

@@ -34,8 +34,8 @@ import torch
 from data import Tokenizer, build_corpus, completion, eval_set, prompt
 from evaluate import evaluate
 from model import ModelConfig, Transformer, build_model
-from runs import (Metrics, Progress, R1Error, World, autocast, load_checkpoint, read_json, rng_state,
-                  seed_everything, set_rng_state, write_json_atomic)
+from runs import (MAX_EVAL_N, Metrics, Progress, R1Error, World, autocast, check_numbers, file_sha256, load_checkpoint, mark_run_dir, read_json,
+                  rng_state, seed_everything, set_rng_state, write_json_atomic)
 
 
 @dataclass
@@ -67,6 +67,9 @@ class TrainConfig:
     completion_only: bool = False  # SFT: loss on completion tokens only
 
     def __post_init__(self):
+        check_numbers(self)
+        if self.eval_n > MAX_EVAL_N:
+            raise R1Error(f"--eval-n must be at most {MAX_EVAL_N:,}, got {self.eval_n}")
         if self.steps <= 0:
             raise R1Error(f"--steps must be > 0, got {self.steps}")
         if self.batch_size <= 0:
@@ -243,6 +246,8 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
         start = state["step"]
     else:
         seed_everything(cfg.seed)
+    if world.is_main:
+        metrics.cut_after(start)  # rows a killed run logged after its last checkpoint are logged again
     model.train()
     progress = Progress(cfg.steps, stage, start_step=start, quiet=quiet or not world.is_main)
     t0, tokens_seen, last = time.perf_counter(), 0, {}
@@ -313,11 +318,16 @@ def load_run(run: str | Path, device="cpu") -> tuple[Transformer, Tokenizer, dic
 
 
 def run_config_and_tokenizer(run: str | Path, state: dict) -> tuple[ModelConfig, Tokenizer]:
-    """The model config a checkpoint state names and the run's tokenizer, checked against each other."""
+    """The model config a checkpoint state names and the run's tokenizer, checked against each other
+    and against the run's files: a tokenizer.json or config.json edited after the checkpoint was
+    written is an R1Error, never a model that silently reads other tokens."""
     run = Path(run)
     tok_path = run / "tokenizer.json"
     if not tok_path.is_file():
         raise R1Error(f"{run} has no tokenizer.json: the run directory is incomplete")
+    if state.get("tokenizer_sha256") != file_sha256(tok_path):
+        raise R1Error(f"{tok_path} is not the tokenizer the checkpoint was trained with (it was changed "
+                      f"after the checkpoint was written): restore it, or retrain")
     try:
         tok = Tokenizer.load(tok_path)
     except Exception as e:  # the tokenizers library raises its own exception types for bad JSON
@@ -329,6 +339,10 @@ def run_config_and_tokenizer(run: str | Path, state: dict) -> tuple[ModelConfig,
     if cfg.vocab_size != tok.vocab_size:
         raise R1Error(f"config/tokenizer mismatch in {run}: the model has vocab_size {cfg.vocab_size} but "
                       f"tokenizer.json has {tok.vocab_size} tokens; use the tokenizer the run was trained with")
+    stored = read_json(run / "config.json").get("model")
+    if stored != json.loads(json.dumps(cfg.to_dict())):
+        raise R1Error(f"{run / 'config.json'} describes another model than the checkpoint holds (it was edited "
+                      f"after the checkpoint was written): restore it, or retrain")
     return cfg, tok
 
 
@@ -341,8 +355,18 @@ def save_run_files(run: Path, model_cfg: ModelConfig, tok: Tokenizer, stage: str
 
 def check_resume_config(run: Path, model_cfg: ModelConfig, stage_cfg: dict, stage: str):
     """On --resume, the stored configs must equal the ones asked for: otherwise the run would
-    silently continue as something else."""
+    silently continue as something else. One difference is allowed, and said: more --steps than the
+    run was started with extends it (config.json then records the new number)."""
     stored = read_json(run / "config.json")
-    if stored.get("model") != model_cfg.to_dict() or stored.get(stage) != json.loads(json.dumps(stage_cfg)):
+    want = json.loads(json.dumps(stage_cfg))
+    have = stored.get(stage)
+    if stored.get("model") != model_cfg.to_dict() or not isinstance(have, dict) or \
+            {k: v for k, v in have.items() if k != "steps"} != {k: v for k, v in want.items() if k != "steps"}:
         raise R1Error(f"--resume: the options differ from those {run} was started with (see its config.json); "
                       f"resume with the same options or start a new --run")
+    if want.get("steps") != have.get("steps"):
+        if want["steps"] < have["steps"]:
+            raise R1Error(f"--resume: {run} was started with --steps {have['steps']}; resume with that many, "
+                          f"or more to extend it")
+        print(f"extending {run} from {have['steps']} to {want['steps']} {stage} steps")
+        write_json_atomic(run / "config.json", stored | {stage: want, "extended_from": have["steps"]})

@@ -55,7 +55,8 @@ import rewards
 from data import prompt, sample_problem
 from evaluate import evaluate, thinking_tokens
 from model import Transformer
-from runs import Metrics, Progress, R1Error, World, autocast, rng_state, seed_everything, set_rng_state
+from runs import (MAX_EVAL_N, Metrics, Progress, R1Error, World, autocast, check_numbers, cut_samples_after, rng_state, seed_everything,
+                  set_rng_state)
 from sampler import generate
 from train import eval_problems
 
@@ -97,6 +98,7 @@ class GRPOConfig:
     dump_every: int = 10  # text dump of a few rollouts to samples.txt
 
     def __post_init__(self):
+        check_numbers(self)
         checks = [
             (self.steps > 0, "--steps must be > 0"),
             (self.prompts_per_step > 0, "--prompts-per-step must be > 0"),
@@ -111,7 +113,8 @@ class GRPOConfig:
             (self.temperature > 0, "--temperature must be > 0 for RL rollouts"),
             (0 < self.top_p <= 1, "--top-p must be in (0, 1]"),
             (self.max_completion_length > 0, "--max-completion-length must be > 0"),
-            (self.eval_n > 0 and self.eval_k > 0, "--eval-n and --eval-k must be > 0"),
+            (0 < self.eval_n <= MAX_EVAL_N and 0 < self.eval_k <= 64,
+             f"--eval-n must be in 1..{MAX_EVAL_N} and --eval-k in 1..64"),
             (self.prompts_per_step * self.num_generations >= self.num_minibatches,
              "--num-minibatches exceeds the rollout size"),
         ]
@@ -362,6 +365,9 @@ def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, stat
         start = state["step"]
     else:
         seed_everything(cfg.seed)
+    if world.is_main:  # what a killed run logged after its last checkpoint is logged again
+        metrics.cut_after(start)
+        cut_samples_after(run / "samples.txt", start)
     if cfg.beta > 0:  # the reference model exists only when the KL term is used
         ref = make_reference(model)
         if state is not None and state.get("ref") is not None:

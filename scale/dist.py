@@ -37,7 +37,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from model import Transformer, build_model
-from runs import R1Error, World, latest_checkpoint, point_latest
+from runs import R1Error, World, latest_checkpoint, point_latest, tokenizer_sha256, verify_checksum, write_checksum
 from train import load_run, run_config_and_tokenizer
 
 
@@ -167,7 +167,8 @@ class DistWorld(World):
         if not path.is_dir():
             model, tok, state = load_run(run, "cpu")
             return parallelize(model.to(device), self.mesh, device), tok, state
-        meta = torch.load(path / "meta.pt", weights_only=False)
+        verify_checksum(path)
+        meta = torch.load(path / "meta.pt", weights_only=True)
         cfg, tok = run_config_and_tokenizer(run, meta)
         with torch.device("meta"):
             model = Transformer(cfg)
@@ -214,11 +215,13 @@ class DistWorld(World):
         dist.all_gather_object(rngs, meta["rng"])
         if self.is_main:
             with open(tmp / "meta.pt", "wb") as f:
-                torch.save({**meta, "rng": rngs, "world_size": self.world_size}, f)
+                torch.save({**meta, "rng": rngs, "world_size": self.world_size,
+                            "tokenizer_sha256": tokenizer_sha256(run)}, f)
                 f.flush()
                 os.fsync(f.fileno())
             shutil.rmtree(ckdir / name, ignore_errors=True)  # after a restart, the same step again
             os.replace(tmp, ckdir / name)
+            write_checksum(ckdir / name)
             point_latest(ckdir, name)
         dist.barrier()
 

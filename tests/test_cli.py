@@ -203,7 +203,7 @@ def test_missing_run(ran, valid_run, cmd):
 
 @pytest.mark.parametrize("cmd", ["eval", "sample", "grpo"])
 def test_corrupt_checkpoint(ran, valid_run, cmd):
-    check_error(ran, valid_run, f"{cmd}_corrupt", "is corrupt or unreadable", "step_000001.pt")
+    check_error(ran, valid_run, f"{cmd}_corrupt", "has no checksum", "step_000001.pt")
 
 
 def test_grpo_one_generation(ran, valid_run):

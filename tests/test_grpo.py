@@ -169,24 +169,50 @@ def test_beta_positive_uses_reference_and_logs_kl(tok, tmp_path):
     assert 0.0 <= last["routing_mismatch"] <= 1.0
 
 
-def test_exact_resume(tok, tmp_path):
+def test_exact_resume(tok, tmp_path, monkeypatch):
+    """2 steps + resume + 2 steps == 4 steps, bit for bit, on a model whose weights really move (the
+    learnable reward gives every group a spread, so every step has a gradient)."""
     from train import load_run, save_run_files
+
+    monkeypatch.setattr(train_grpo.rewards, "reward", seven_reward)
 
     def cfg(steps):
         return GRPOConfig(steps=steps, prompts_per_step=2, num_generations=4, max_completion_length=10,
-                          dynamic_sampling=False, eval_every=0, ckpt_every=2, dump_every=0, eval_n=2, eval_k=1,
-                          learning_rate=1e-3)
+                          dynamic_sampling=False, eval_every=0, ckpt_every=2, dump_every=1, eval_n=2, eval_k=1,
+                          learning_rate=1e-2)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     a = small_model(tok)
+    start = {k: v.clone() for k, v in a.state_dict().items()}
+    save_run_files(tmp_path / "a", a.cfg, tok, "grpo", {})
     train_grpo.train_grpo(tmp_path / "a", a, tok, cfg(4), torch.device("cpu"), quiet=True)
     b = small_model(tok)
     save_run_files(tmp_path / "b", b.cfg, tok, "grpo", {})
-    train_grpo.train_grpo(tmp_path / "b", b, tok, cfg(2), torch.device("cpu"), quiet=True)
+    real_rollout = train_grpo.rollout
+
+    def killed_in_step_4(model, tok, cfg, step, *a, **kw):  # after step 3 was logged, before a checkpoint
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_rollout(model, tok, cfg, step, *a, **kw)
+    monkeypatch.setattr(train_grpo, "rollout", killed_in_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train_grpo.train_grpo(tmp_path / "b", b, tok, cfg(4), torch.device("cpu"), quiet=True)
+    monkeypatch.setattr(train_grpo, "rollout", real_rollout)
+    assert [x["step"] for x in train_grpo.Metrics(tmp_path / "b" / "metrics.jsonl").read()] == [1, 2, 3]
     b, _, state = load_run(tmp_path / "b")
+    assert state["step"] == 2
     train_grpo.train_grpo(tmp_path / "b", b, tok, cfg(4), torch.device("cpu"), state=state, quiet=True)
     sa, sb = a.state_dict(), b.state_dict()
+    moved = [k for k in sa if not torch.equal(sa[k], start[k])]
+    assert len(moved) > len(sa) // 2, f"only {len(moved)} of {len(sa)} tensors moved"
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # the logs of the killed step 3 were cut on resume: one row per step, the same rows as the straight run
+    rows = lambda r: [x for x in train_grpo.Metrics(r / "metrics.jsonl").read()]  # noqa: E731
+    assert [x["step"] for x in rows(tmp_path / "b") if "eval" not in x] == [1, 2, 3, 4]
+    drop = ("sample_s", "step_s")  # wall times differ
+    assert [{k: v for k, v in x.items() if k not in drop} for x in rows(tmp_path / "a")] == \
+           [{k: v for k, v in x.items() if k not in drop} for x in rows(tmp_path / "b")]
+    assert (tmp_path / "a" / "samples.txt").read_text() == (tmp_path / "b" / "samples.txt").read_text()
 
 
 def test_r1_zero_pipeline_smoke(tmp_path):

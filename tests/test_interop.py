@@ -320,9 +320,9 @@ def test_bad_paths_and_unexportable_models(exported, tmp_path):
     with pytest.raises(R1Error, match="no config.json"):
         interop.import_hf(tmp_path / "empty", tmp_path / "run")
     _, run, out = exported("tiny")
-    with pytest.raises(R1Error, match="not empty"):
+    with pytest.raises(R1Error, match="already exists"):
         interop.import_hf(out, run)  # would overwrite a trained run
-    with pytest.raises(R1Error, match="not empty"):
+    with pytest.raises(R1Error, match="already exists"):
         interop.export_hf(run, out)
     with pytest.raises(R1Error, match="does not exist"):
         interop.export_hf(tmp_path / "missing", tmp_path / "hf")
