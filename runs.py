@@ -265,8 +265,8 @@ def mark_run_dir(path: Path) -> Path:
     """Create `path` if needed and mark it as made by r1.py (the stages inside a story or a recipe
     are run directories of their own: each can be evaluated, resumed or overwritten alone)."""
     path.mkdir(parents=True, exist_ok=True)
-    if not (path / MARKER).exists():
-        write_text_atomic(path / MARKER, "made by r1.py: --overwrite may empty this folder\n")
+    if not (path / MARKER).exists():  # written in place: even a torn marker marks the folder
+        (path / MARKER).write_text("made by r1.py: --overwrite may empty this folder\n")
     return path
 
 
