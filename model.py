@@ -436,7 +436,7 @@ class MoE(nn.Module):
         # (FSDP2 gives silently wrong gradients otherwise; see NOTES.md)
         ys = torch.cat([e(chunk) for e, chunk in zip(self.experts, xs.split(counts))])  # [M*K, D]
         ys = ys * gates.flatten()[order].unsqueeze(1).to(ys.dtype)
-        y = torch.zeros_like(flat).index_add_(0, token, ys)  # [M, D]
+        y = flat.new_zeros(flat.shape, dtype=ys.dtype).index_add_(0, token, ys)  # [M, D]; bf16 under autocast
         if self.shared_experts is not None:
             y = y + self.shared_experts(flat)
         bal = self.balance_loss(scores.view(B, T, -1), token_mask) if self.training and cfg.seq_aux_alpha > 0 \

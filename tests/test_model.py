@@ -911,6 +911,22 @@ def test_gradient_reaches_every_parameter():
     assert not any(n.endswith(".load") for n in m.state_dict())  # the load counter is not
 
 
+
+def test_bf16_autocast_forward_and_backward():
+    """runs.autocast trains in bf16 on CUDA: the MoE scatter-add must take the experts' bf16 outputs (it
+    raised "index_add_(): self (Float) and source (BFloat16)"). CPU autocast runs the same ops."""
+    torch.manual_seed(14)
+    m = build_model(micro_cfg(), seed=0).train()
+    tokens, targets = torch.randint(0, 32, (2, 16)), torch.randint(0, 32, (2, 16))
+    with torch.no_grad():
+        ref = m(tokens, targets)["main"].item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(tokens, targets)
+    assert out["main"].item() == pytest.approx(ref, rel=0.05)  # bf16 rounding, not a different model
+    out["total"].backward()
+    assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+               for p in m.parameters() if p.grad is not None)
+
 # ================================================================ 10. parameter counts
 
 def test_param_counts_671b(v3):
