@@ -431,15 +431,17 @@ def write_report(run, table, base, after, wall, plots):
 
 
 def cmd_plot(args):
-    import json
-
     from report import plot_run
+    from runs import read_json
 
     run = Path(args.run)
     results = run / "results.json"
     base = None
     if results.is_file():
-        base = {t: r["pass@1"] for t, r in json.loads(results.read_text())["base"].items()}
+        try:
+            base = {t: r["pass@1"] for t, r in read_json(results)["base"].items()}
+        except (KeyError, TypeError, AttributeError):
+            raise R1Error(f"{results} is not a story's results.json (no base pass@1 per task)") from None
     for p in plot_run(run, base):
         print(f"wrote {p}")
 

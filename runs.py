@@ -343,11 +343,14 @@ def write_json_atomic(path: Path, obj) -> None:
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(Path(path).read_text())
+        obj = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise R1Error(f"{path} is missing: is this a run directory made by r1.py?") from None
-    except json.JSONDecodeError as e:
-        raise R1Error(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): the file is corrupt") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise R1Error(f"{path} is not valid JSON ({getattr(e, 'msg', 'not UTF-8')}): the file is corrupt") from None
+    if not isinstance(obj, dict):
+        raise R1Error(f"{path} is not a JSON object: the file is corrupt")
+    return obj
 
 
 # --------------------------------------------------------------------------------------------
