@@ -19,6 +19,7 @@ import torch
 
 import rewards
 from data import Problem, completion, prompt
+from runs import Progress
 from sampler import generate
 
 
@@ -63,10 +64,14 @@ def score(problem: Problem, completion: str) -> float:
 
 @torch.no_grad()
 def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: float = 0.6, top_p: float = 0.95,
-             greedy: bool = True, max_new_tokens: int = 96, seed: int = 0, batch_rows: int = 256) -> dict:
+             greedy: bool = True, max_new_tokens: int = 96, seed: int = 0, batch_rows: int = 256,
+             progress: bool = False) -> dict:
     """Per task and overall: pass@1, cons@k, pass@k (k samples), greedy accuracy, format rate,
     mean thinking and completion length. Returns {"tasks": {task: {...}}, "overall": {...},
-    "examples": [(prompt, completion, correct), ...] (a few, for text dumps)}."""
+    "examples": [(prompt, completion, correct), ...] (a few, for text dumps)}.
+    progress=True prints a line after each batch of problems (samples done, time, ETA): the default
+    protocol takes over a minute on a CPU, silence that long looks like a hang."""
+    bar = Progress(len(problems) * k, "evaluating: samples", every=1, quiet=not progress)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -113,6 +118,7 @@ def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: fl
             if greedy_out is not None:
                 g_ids = greedy_out.tokens[j][greedy_out.mask[j]].tolist()
                 m["greedy"].append(score(p, tok.decode(g_ids)))
+        bar.update((i + len(batch)) * k, task=",".join(dict.fromkeys(p.task for p in batch)))
     if was_training:
         model.train()
     mean = lambda xs: sum(xs) / max(len(xs), 1)  # noqa: E731

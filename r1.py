@@ -2,29 +2,36 @@
 
     python r1.py                      the whole R1-Zero story on the tiny config (tokenizer, base
                                       model, base eval, GRPO, eval again, table, report.md, plots)
-    python r1.py pretrain --run runs/base           pre-train a base model (train.py)
-    python r1.py sft --data F.jsonl --init runs/base --run runs/sft   supervised fine-tuning
-    python r1.py grpo --init runs/base --run runs/zero              R1-Zero RL from a base (train_grpo.py)
+                                      in runs/zero: about 17 minutes on 2 CPU cores
+    python r1.py ask runs/zero "123+456"            ask the trained model a question, watch it think (ask.py)
     python r1.py eval runs/zero                     R1's evaluation protocol (evaluate.py)
+    python r1.py sample runs/zero --task add        print a few completions of held-out problems
+    python r1.py plot runs/zero                     redraw a run's plots
+    python r1.py pretrain --run runs/base           pre-train a base model (train.py)
+    python r1.py grpo --init runs/base --run runs/rl          R1-Zero RL from a base (train_grpo.py)
+    python r1.py cold-start --out runs/cold_start.jsonl       readable cold-start SFT data (data/cold_start.py)
+    python r1.py sft --data runs/cold_start.jsonl --init runs/base --run runs/sft   supervised fine-tuning
     python r1.py recipe --zero runs/zero            the full R1 recipe after R1-Zero (recipe.py): Dev1,
                                                     Dev2, Dev3, R1, distillation, the two tables
-    python r1.py cold-start --out F.jsonl           readable cold-start SFT data (data/cold_start.py)
-    python r1.py rejection-sample runs/dev2 --out F.jsonl   verified training answers for SFT
-    python r1.py distill --teacher runs/r1 --student-preset student   distilled vs RL-only student
-    python r1.py sample runs/zero --task add        print a few completions
-    python r1.py plot runs/zero                     redraw a run's plots
+    python r1.py rejection-sample runs/recipe/dev2 --out runs/dev3.jsonl   verified training answers for SFT
+    python r1.py distill --teacher runs/recipe/r1 --student-preset student   distilled vs RL-only student
     python r1.py export runs/zero/rl --hf out/     a Hugging Face DeepSeek-V3 folder (interop.py)
     python r1.py import out/ --out runs/imported    and back, from any local DeepSeek-V3-format folder
     python r1.py params --preset deepseek-v3-671b   parameter and KV-cache counts (meta device)
     python r1.py bench                              throughput and MFU (bench.py)
+    python r1.py --smoke --run runs/smoke           every stage of the story in a few steps (<10 s)
 
-Every stage writes a run directory (runs.py). Bad input ends with one line on stderr and exit code 2.
+Every stage writes a run directory (runs.py); RUN of ask, eval and sample may also be a story run
+(runs/zero), whose RL model runs/zero/rl is then used. Bad input ends with one line on stderr and exit
+code 2, before any work starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -38,20 +45,124 @@ from runs import R1Error, release_runs
 
 def add_config_args(parser: argparse.ArgumentParser, cls, skip=()):
     group = parser.add_argument_group(f"{cls.__name__} (defaults shown)")
+    helps = CONFIG_HELP.get(cls.__name__, {})
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
+        text = helps.get(f.name, "")  # a field without a text still works; tests/test_cli.py catches it
         if isinstance(default, bool):
-            group.add_argument(flag, type=_bool, default=None, metavar="BOOL", help=f"default {default}")
+            group.add_argument(flag, type=_bool, default=None, metavar="BOOL", help=f"{text} (default {default})")
         elif isinstance(default, tuple):
             group.add_argument(flag, type=lambda s: tuple(x for x in s.split(",") if x), default=None,
-                               metavar="A,B", help=f"default {','.join(default)}")
+                               metavar="A,B", help=f"{text} (default {','.join(default)})")
         elif default is None:
-            group.add_argument(flag, type=int, default=None, help="default: per task")
+            group.add_argument(flag, type=int, default=None,
+                               help=f"{text} (default: each task's own, add 5, mul 3, countdown 3, linear 2)")
         else:
-            group.add_argument(flag, type=type(default), default=None, help=f"default {default}")
+            group.add_argument(flag, type=type(default), default=None, help=f"{text} (default {default})")
+
+
+# One line per config field: what it means, its unit and its allowed values (the default is added).
+_TASKS_HELP = "comma-separated tasks: add, mul, countdown, linear"
+_DIFFICULTY_HELP = ("task difficulty, one for every task: add 1-8 (operand width), mul 1-6 (digits of the first "
+                    "number), countdown 2-5 (numbers given), linear 1-3 (3: x on both sides)")
+_CKPT_HELP = "write a checkpoint every N steps (>= 0; 0 = only at the end)"
+CONFIG_HELP = {
+    "TrainConfig": {
+        "steps": "optimizer steps (>= 1)",
+        "batch_size": "examples per step (>= 1)",
+        "lr": "peak AdamW learning rate, reached after the warm-up, then cosine decay (> 0)",
+        "min_lr_frac": "the cosine decays to lr x this (0 to 1)",
+        "warmup": "steps of linear learning-rate warm-up (>= 0)",
+        "weight_decay": "AdamW weight decay of the matrices (>= 0; V3: 0.1)",
+        "beta1": "AdamW beta1 (0 <= beta1 < 1)",
+        "beta2": "AdamW beta2 (0 <= beta2 < 1; V3: 0.95)",
+        "grad_clip": "clip the gradient norm to this (> 0)",
+        "seed": "seed of the initial weights and the batches (an integer)",
+        "tasks": _TASKS_HELP,
+        "long_frac": "share of LONG examples, every thinking step written (0 to 1; long + short <= 1, "
+                     "the rest GRADED)",
+        "short_frac": "share of SHORT examples, no thinking at all (0 to 1)",
+        "final_mix_steps": "the last N steps use the final mix below (>= 0; 0 = never)",
+        "final_long_frac": "share of LONG examples in the last final-mix-steps steps (0 to 1)",
+        "final_short_frac": "share of SHORT examples in the last final-mix-steps steps (0 to 1)",
+        "mistake_rate": "share of examples with one step written off by one, then corrected after ' wait' (0 to 1)",
+        "difficulty": _DIFFICULTY_HELP,
+        "eval_every": "held-out loss and greedy accuracy every N steps (>= 0; 0 = only at the end)",
+        "eval_n": "held-out problems per task in those evaluations (>= 1)",
+        "ckpt_every": _CKPT_HELP,
+        "completion_only": "loss on the completion tokens only, as SFT does (true/false)",
+    },
+    "GRPOConfig": {
+        "steps": "GRPO steps, one rollout and its updates each (>= 1)",
+        "prompts_per_step": "B: distinct prompts per step (>= 1)",
+        "num_generations": "G: completions per prompt, the group its advantages are relative to (>= 2)",
+        "learning_rate": "AdamW learning rate (> 0)",
+        "beta": "KL coefficient against the reference model (>= 0; 0 = no reference model; R1: 0.001)",
+        "epsilon": "the ratio is clipped below at 1 - epsilon (> 0)",
+        "epsilon_high": "the ratio is clipped above at 1 + epsilon-high (>= 0; 0 = epsilon; DAPO: 0.28)",
+        "loss_type": "how token terms are averaged: grpo (per sequence, R1), dapo (per token) or dr_grpo "
+                     "(a constant)",
+        "scale_rewards": "group (advantages divided by the group's reward std) or none (Dr. GRPO)",
+        "num_iterations": "mu: optimizer epochs over each rollout (>= 1)",
+        "num_minibatches": "mini-batches per epoch (>= 1, at most prompts-per-step x num-generations)",
+        "temperature": "rollout sampling temperature (> 0; R1: 1.0)",
+        "top_p": "rollout nucleus sampling (0 < top-p <= 1; 1 = off)",
+        "max_completion_length": "most tokens per completion (>= 1; prompt + this must fit the model's max_seq_len)",
+        "format_weight": "weight of the format reward next to accuracy's 1 (R1: 1; 0 = none, Dr. GRPO)",
+        "consistency_weight": "weight of the readability (language-consistency) reward (>= 0; 0 = R1-Zero)",
+        "dynamic_sampling": "drop groups whose rewards are all equal, they carry no signal (DAPO; true/false)",
+        "mask_truncated_completions": "no loss on completions cut at max-completion-length (DAPO; true/false)",
+        "ref_reset_every": "with beta > 0, the reference becomes the current policy every N steps (>= 1; R1: 400)",
+        "grad_clip": "clip the gradient norm to this (> 0)",
+        "weight_decay": "AdamW weight decay (>= 0)",
+        "seed": "seed of the prompts and the rollouts (an integer)",
+        "tasks": _TASKS_HELP,
+        "difficulty": _DIFFICULTY_HELP,
+        "eval_every": "held-out evaluation every N steps (>= 0; 0 = only at the end)",
+        "eval_n": "held-out problems per task in each evaluation (>= 1)",
+        "eval_k": "samples per held-out problem in each evaluation, at T=0.6 and top-p 0.95 (>= 1)",
+        "ckpt_every": _CKPT_HELP,
+        "dump_every": "append a few rollouts to samples.txt every N steps (>= 0; 0 = never)",
+    },
+    "RecipeConfig": {
+        "seed": "seed of every stage (an integer)",
+        "tasks": _TASKS_HELP,
+        "cold_start_n": "Dev1: readable cold-start examples (>= 1)",
+        "cold_start_summary": "end the cold-start thinking with a summary line (true/false; false is an ablation)",
+        "sft_lr": "learning rate of every SFT stage (> 0)",
+        "sft_batch_size": "examples per SFT step (>= 1)",
+        "cold_start_steps": "Dev1: SFT steps on the cold-start set (>= 1)",
+        "rl_steps": "Dev2: GRPO steps of reasoning RL (>= 1)",
+        "final_rl_steps": "R1: GRPO steps of the last RL stage (>= 1)",
+        "consistency_weight": "weight of the readability reward in the RL of Dev2 and R1 (>= 0)",
+        "max_completion_length": "most tokens per RL completion (>= 1)",
+        "rs_prompts": "rejection sampling: training prompts per task (>= 1)",
+        "rs_k": "rejection sampling: samples per prompt (>= 1)",
+        "dev3_steps": "Dev3: SFT steps of the base on Dev2's rejection-sampled answers (>= 1)",
+        "student_preset": "model preset of the small dense student (see pretrain --preset)",
+        "student_pretrain_steps": "pre-training steps of the student's base (>= 1)",
+        "distill_steps": "SFT steps of the student base on R1's samples (>= 1)",
+        "student_rl_steps": "GRPO steps of the RL-only student (>= 1)",
+        "eval_k": "samples per held-out problem in every evaluation, at T=0.6 and top-p 0.95 (>= 1)",
+        "eval_n": "held-out problems per task in every evaluation (>= 1)",
+        "smoke": "tiny stages for tests: every code path runs, the numbers mean nothing (true/false)",
+    },
+    "RejectionConfig": {
+        "n_prompts": "distinct training prompts per task (>= 1)",
+        "k": "samples per prompt (>= 1)",
+        "temperature": "sampling temperature (> 0)",
+        "top_p": "nucleus sampling (0 < top-p <= 1; 1 = off)",
+        "max_new_tokens": "most tokens per sample (>= 1)",
+        "max_run": "a thinking step repeated more than N times in a row makes a sample repetitive (>= 1)",
+        "min_consistency": "keep samples at least this readable (0 to 1; 0 keeps any layout)",
+        "tasks": _TASKS_HELP,
+        "difficulty": _DIFFICULTY_HELP,
+        "seed": "seed of the training prompts and the samples (an integer)",
+    },
+}
 
 
 def _bool(s: str) -> bool:
@@ -77,6 +188,18 @@ def add_run_args(p, default_run: str | None):
     p.add_argument("--overwrite", action="store_true", help="delete an existing run directory and start again")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda or mps")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def add_sampling_args(p):
+    """The sampling options of ask, eval and sample (checked by _check_sampling)."""
+    p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (a finite number >= 0; "
+                                                                  "0 = greedy; default 0.6, as R1's evaluation)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (0 < top-p <= 1; 1 = off; "
+                                                             "default 0.95)")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="most tokens per completion (>= 1; with the "
+                                                                  "prompt at most the model's max_seq_len; default 96)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (0 to 2**31 - 1, default 0)")
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda or mps")
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,23 +285,28 @@ def _open_stage_run(args, stage, model, tok, cfg, extra, device, world, sources)
 
 
 def cmd_eval(args):
-    import json
-
-    from data import eval_set
+    from data import prompt
     from evaluate import evaluate, format_table
-    from runs import pick_device
+    from runs import pick_device, write_json_atomic
     from train import load_run
 
-    _positive(k=args.k, n=args.n)
+    _check_sampling(args)
     device = pick_device(args.device)
-    model, tok, _ = load_run(args.run, device)
-    tasks = _tasks(args.tasks)
-    res = evaluate(model, tok, [p for t in tasks for p in eval_set(t, args.n)], k=args.k,
-                   temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    run = _model_run(args.run)
+    model, tok, _ = load_run(run, device)
+    out = run / "eval.json" if args.json is None else Path(args.json)
+    _check_writable(out, "--json")
+    trained = _trained(run)
+    tasks = _tasks(args.tasks) if args.tasks else list(trained)
+    problems = _held_out(tasks, args.n, trained)
+    _check_length(model, max(len(tok.encode(prompt(p), bos=True)) for p in problems), args.max_new_tokens)
+    print(f"evaluating {run}: {args.n} held-out problems of {', '.join(tasks)} x {args.k} samples at "
+          f"T={args.temperature}, top-p {args.top_p}, and greedy")
+    res = evaluate(model, tok, problems, k=args.k, temperature=args.temperature, top_p=args.top_p,
+                   max_new_tokens=args.max_new_tokens, seed=args.seed, progress=True)
     keys = ["pass@1", f"cons@{args.k}", f"pass@{args.k}", "greedy", "format", "consistency", "think_len"]
     print(format_table(res["tasks"] | {"overall": res["overall"]}, keys))
-    out = Path(args.run) / "eval.json" if args.json is None else Path(args.json)
-    out.write_text(json.dumps({k: v for k, v in res.items() if k != "examples"}, indent=2))
+    write_json_atomic(out, {k: v for k, v in res.items() if k != "examples"})
     print(f"wrote {out}")
 
 
@@ -187,8 +315,9 @@ def cmd_cold_start(args):
     from recipe import write_jsonl
 
     _positive(n=args.n)
-    rows = _value_error(cold_start_set, args.n, tasks=tuple(_tasks(args.tasks)), seed=args.seed,
-                        with_summary=not args.no_summary)
+    tasks = _tasks(args.tasks)
+    print(f"writing {args.n} readable cold-start examples of {', '.join(tasks)} (train split, seed {args.seed})")
+    rows = _value_error(cold_start_set, args.n, tasks=tuple(tasks), seed=args.seed, with_summary=not args.no_summary)
     write_jsonl(rows, args.out, overwrite=args.overwrite)
     print(f"e.g. {rows[0]['prompt'].splitlines()[-2]}\n{rows[0]['completion']}")
     print(f"wrote {len(rows)} readable cold-start examples to {args.out} "
@@ -273,24 +402,90 @@ def cmd_recipe(args):
 def cmd_sample(args):
     import torch
 
-    from data import eval_set, prompt
+    from data import prompt
+    from evaluate import score
     from runs import pick_device
     from sampler import generate
     from train import load_run
-    import rewards
 
-    _positive(n=args.n)
+    _check_sampling(args)
     device = pick_device(args.device)
-    model, tok, _ = load_run(args.run, device)
-    problems = eval_set(_tasks(args.task)[0], args.n)
+    run = _model_run(args.run)
+    model, tok, _ = load_run(run, device)
+    trained = _trained(run)
+    task = _tasks(args.task)[0] if args.task else next(iter(trained))
+    problems = _held_out([task], args.n, trained)
     ids = [tok.encode(prompt(p), bos=True) for p in problems]
-    out = generate(model, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                   eos_id=tok.eos_id, pad_id=tok.pad_id, stop_sequences=[tok.encode("</answer>")],
-                   generator=torch.Generator(device=device).manual_seed(args.seed))
-    for i, p in enumerate(problems):
-        text = tok.decode(out.tokens[i][out.mask[i]].tolist())
-        acc = rewards.accuracy_reward(text, p.answer, p.numbers or None)
-        print(f"{p.question}  ->  {text}   [{'right' if acc else 'wrong'}, answer {p.answer}]")
+    _check_length(model, max(map(len, ids)), args.max_new_tokens)
+    print(f"sampling {run}: {args.n} held-out {task} problems at T={args.temperature}, top-p {args.top_p}")
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    for start in range(0, len(problems), SAMPLE_BATCH):  # print each batch as it is done
+        out = generate(model, ids[start:start + SAMPLE_BATCH], max_new_tokens=args.max_new_tokens,
+                       temperature=args.temperature, top_p=args.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                       stop_sequences=[tok.encode("</answer>")], generator=gen)
+        for i, p in enumerate(problems[start:start + SAMPLE_BATCH]):
+            text = tok.decode(out.tokens[i][out.mask[i]].tolist())
+            print(f"{p.question}  ->  {text}   [{'right' if score(p, text) else 'wrong'}, answer {p.answer}]",
+                  flush=True)
+
+
+def cmd_ask(args):
+    """Ask a run questions typed by a person (ask.py): the question is written the way the run was
+    trained on, the thinking is printed as it is sampled, and the answer is checked."""
+    import torch
+
+    from ask import answers, problem_for, think, verdict
+    from data import prompt
+    from runs import pick_device
+    from train import load_run
+
+    _check_sampling(args)
+    device = pick_device(args.device)
+    run = _model_run(args.run)
+    model, tok, _ = load_run(run, device)
+    trained = _trained(run)
+    if args.task is not None and args.task not in trained:
+        _tasks(args.task)  # an unknown task's error names the choices
+        raise R1Error(f"--task {args.task}: {run} was not trained on it; it answers {answers(trained)}")
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    one = args.question is not None
+    for question in [args.question] if one else _typed_questions(run, trained):
+        try:
+            problem = problem_for(question, trained, tok, args.task)
+            ids = tok.encode(prompt(problem), bos=True)
+            _check_length(model, len(ids), args.max_new_tokens)
+        except R1Error as e:
+            if one:
+                raise
+            print(f"error: {e}", file=sys.stderr, flush=True)  # a session goes on to the next question
+            continue
+        print(f"User: {problem.question}\nAssistant:", end="", flush=True)
+        text, truncated = think(model, tok, ids, temperature=args.temperature, top_p=args.top_p,
+                                max_new_tokens=args.max_new_tokens, generator=gen,
+                                on_text=lambda piece: print(piece, end="", flush=True))
+        print("\n" + verdict(problem, text, truncated), flush=True)
+
+
+def _typed_questions(run, trained):
+    """Questions from stdin, one a line: at a terminal with a prompt, until an empty line, "quit" or
+    end of input; from a pipe or file, every non-empty line until its end (or "quit")."""
+    from ask import answers
+
+    tty = sys.stdin.isatty()
+    if tty:
+        print(f"{run} answers {answers(trained)}. An empty line or quit ends.")
+    while True:
+        try:
+            line = input("question> ") if tty else sys.stdin.readline()
+        except EOFError:  # Ctrl-D at the terminal
+            return
+        if not tty and not line:
+            return  # the end of the pipe or file
+        line = line.strip()
+        if line.lower() in ("quit", "exit") or (tty and not line):
+            return
+        if line:
+            yield line
 
 
 def cmd_grpo(args, world=None):
@@ -498,6 +693,87 @@ def _positive(**values):
             raise R1Error(f"--{name} must be > 0, got {v}")
 
 
+# Bounds of the sampling options of eval, sample and ask. The protocol at its defaults, n=100 x k=8 = 800
+# samples, takes 20 to 75 s for the tiny model on 2 CPU cores, so MAX_SAMPLES is up to about two hours
+MAX_K = 256  # samples per problem: one problem's k samples fill at most one batch of evaluate (256 rows)
+MAX_N = 500  # held-out problems per task: the held-out split is 10% of each problem space, and a small one
+#              runs out (countdown with 2 numbers has 38 problems), which eval_set reports after 50 draws
+#              per problem asked for: ~6 s at 500
+MAX_SAMPLES = 100_000  # n x k per task
+SAMPLE_BATCH = 64  # sample prints its completions this many problems at a time
+
+
+def _check_sampling(args):
+    """The sampling options of eval, sample and ask, each in its range, before any work starts (the
+    ones a command lacks are skipped). The prompt length is checked once the model is loaded."""
+    t, p, seed = args.temperature, args.top_p, args.seed
+    checks = [(math.isfinite(t) and t >= 0, f"--temperature must be a finite number >= 0 (0 = greedy), got {t}"),
+              (0 < p <= 1, f"--top-p must be in (0, 1], got {p}"),
+              (args.max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {args.max_new_tokens}"),
+              (0 <= seed < 2 ** 31, f"--seed must be in [0, 2**31), got {seed}")]
+    k, n = getattr(args, "k", None), getattr(args, "n", None)
+    if k is not None:
+        checks.append((1 <= k <= MAX_K, f"--k must be from 1 to {MAX_K}, got {k}"))
+    if n is not None:
+        checks.append((1 <= n <= MAX_N, f"--n must be from 1 to {MAX_N} held-out problems per task, got {n}"))
+    if k is not None and n is not None:
+        checks.append((n * k <= MAX_SAMPLES, f"--n x --k is {n * k} samples per task, more than the {MAX_SAMPLES:,} "
+                                             f"allowed (hours of sampling): lower --n or --k"))
+    for ok, message in checks:
+        if not ok:
+            raise R1Error(message)
+
+
+def _check_length(model, prompt_len: int, max_new_tokens: int):
+    """The longest prompt plus --max-new-tokens must fit the model's context (max_seq_len)."""
+    limit = model.cfg.max_seq_len
+    if prompt_len + max_new_tokens > limit:
+        raise R1Error(f"--max-new-tokens {max_new_tokens}: with the prompt ({prompt_len} tokens) that is more than "
+                      f"the model's max_seq_len {limit}; use at most {limit - prompt_len}")
+
+
+def _check_writable(path: Path, option: str):
+    """A file can be written at `path` (its folder exists and takes files), asked before the work
+    whose result goes there, so that a typo does not lose an hour's results. Nothing is written."""
+    folder = path.parent
+    if path.is_dir():
+        raise R1Error(f"{option} {path} is a folder: give a file name")
+    if not folder.is_dir():
+        raise R1Error(f"{option} {path}: {folder} " + ("is not a folder" if folder.exists() else "does not exist"))
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise R1Error(f"{option} {path}: no permission to write there")
+
+
+def _model_run(run: str) -> Path:
+    """The run whose model ask, eval and sample use: RUN itself, or for a story run of `python r1.py`
+    (which keeps its two models in base/ and rl/, and no checkpoint of its own) its RL model RUN/rl."""
+    path = Path(run)
+    if not (path / "ckpt").exists() and (path / "rl").is_dir():
+        print(f"{path} is an R1-Zero story run: using its RL model, {path / 'rl'}")
+        return path / "rl"
+    return path
+
+
+def _trained(run: Path) -> dict[str, int]:
+    """{task: difficulty} the run's model was trained on (ask.trained_on), or, when its config.json
+    does not say (an imported model), every task at its default difficulty."""
+    from ask import trained_on
+    from data import DEFAULT_DIFFICULTY
+
+    trained = trained_on(run)
+    if trained is None:
+        print(f"{run / 'config.json'} does not say what the model was trained on: assuming every task "
+              f"at its default difficulty")
+        return dict(DEFAULT_DIFFICULTY)
+    return trained
+
+
+def _held_out(tasks: list[str], n: int, trained: dict[str, int]) -> list:
+    """n held-out problems of each task, at the difficulty the run was trained on."""
+    from data import eval_set
+    return [p for t in tasks for p in _value_error(eval_set, t, n, difficulty=trained.get(t))]
+
+
 def _tasks(spec: str) -> list[str]:
     from data import check_task
     tasks = [t for t in spec.split(",") if t]
@@ -528,10 +804,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r1.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="command")
+    presets = f"model size: {', '.join(PRESETS)}"
+    model_run = "run directory (a story run such as runs/zero means its RL model, runs/zero/rl)"
 
     p = sub.add_parser("pretrain", help="pre-train a base model on the task corpus")
     add_run_args(p, "runs/base")
-    p.add_argument("--preset", default="tiny", help=f"model size: {', '.join(PRESETS)}")
+    p.add_argument("--preset", default="tiny", help=f"{presets} (default %(default)s)")
     add_config_args(p, TrainConfig, skip=("completion_only",))
     p.set_defaults(fn=cmd_pretrain)
 
@@ -545,12 +823,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("zero", help="(the default) the whole R1-Zero story on the tiny config")
     add_run_args(p, "runs/zero")
-    p.add_argument("--preset", default="tiny", help=f"model size: {', '.join(PRESETS)}")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--k", type=int, default=8, help="samples per held-out problem in the evaluations")
-    p.add_argument("--n", type=int, default=100, help="held-out problems per task in the evaluations")
+    p.add_argument("--preset", default="tiny", help=f"{presets} (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of pre-training, GRPO and the evaluations (default 0)")
+    p.add_argument("--k", type=int, default=8, help="samples per held-out problem in the evaluations (>= 1, "
+                                                    "default 8)")
+    p.add_argument("--n", type=int, default=100, help="held-out problems per task in the evaluations (>= 1, "
+                                                      "default 100)")
     p.add_argument("--skip-base-check", action="store_true", help="run RL even when the base looks unready")
-    p.add_argument("--smoke", action="store_true", help="a few steps of everything (for tests)")
+    p.add_argument("--smoke", action="store_true", help="a few steps of every stage (under 10 s; for tests)")
     p.set_defaults(fn=cmd_zero)
 
     p = sub.add_parser("grpo", help="R1-Zero: GRPO with rule-based rewards from a base run")
@@ -560,20 +840,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_grpo)
 
     p = sub.add_parser("plot", help="redraw a run's plots from its metrics")
-    p.add_argument("run")
+    p.add_argument("run", help="run directory (its metrics.jsonl; a story run also gives the base's accuracy)")
     p.set_defaults(fn=cmd_plot)
 
+    p = sub.add_parser("ask", help="ask a trained run a question and watch it think (ask.py)")
+    p.add_argument("run", help=model_run)
+    p.add_argument("question", nargs="?", default=None,
+                   help='e.g. "123+456" or "What is 5242-1663?", written the way the run was trained on; '
+                        "without it, questions are read from stdin, one a line")
+    p.add_argument("--task", default=None, help="read the question as this task (default: the task its "
+                                                "operator names); one the run was trained on")
+    add_sampling_args(p)
+    p.set_defaults(fn=cmd_ask)
+
     p = sub.add_parser("eval", help="R1's evaluation protocol on the held-out sets")
-    p.add_argument("run")
-    p.add_argument("--k", type=int, default=8, help="samples per problem (default 8)")
-    p.add_argument("--n", type=int, default=100, help="held-out problems per task (default 100)")
-    p.add_argument("--tasks", default="add", help="comma-separated tasks (default add)")
-    p.add_argument("--temperature", type=float, default=0.6)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="where to write the results (default RUN/eval.json)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("run", help=model_run)
+    p.add_argument("--k", type=int, default=8, help=f"samples per problem (1 to {MAX_K}, default 8)")
+    p.add_argument("--n", type=int, default=100, help=f"held-out problems per task (1 to {MAX_N}, default 100; "
+                                                      f"n x k at most {MAX_SAMPLES:,})")
+    p.add_argument("--tasks", default=None, help=f"{_TASKS_HELP} (default: those the run was trained on)")
+    add_sampling_args(p)
+    p.add_argument("--json", default=None, help="where to write the results (default RUN/eval.json); its folder "
+                                                "must exist")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("recipe", help="the full R1 recipe: Dev1, Dev2, Dev3, R1, distillation, two tables")
@@ -587,20 +875,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cold-start", help="write readable cold-start SFT examples (JSONL)")
     p.add_argument("--out", required=True, help="JSONL file to write")
-    p.add_argument("--n", type=int, default=1000, help="examples (default 1000, as the recipe)")
-    p.add_argument("--tasks", default="add", help="comma-separated tasks (default add)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, default=1000, help="examples (>= 1; default 1000, as the recipe)")
+    p.add_argument("--tasks", default="add", help=f"{_TASKS_HELP} (default add)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the training-split problems (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--no-summary", action="store_true",
                    help="drop the summary line (an ablation; the recipe always writes it)")
     p.set_defaults(fn=cmd_cold_start)
 
     p = sub.add_parser("rejection-sample", help="k samples per training prompt, keep the verified ones (JSONL)")
-    p.add_argument("run")
+    p.add_argument("run", help="run directory of the model to sample")
     p.add_argument("--out", required=True, help="JSONL file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda or mps")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     add_config_args(p, RejectionConfig)
     p.set_defaults(fn=cmd_rejection_sample)
 
@@ -616,14 +904,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_distill)
 
     p = sub.add_parser("sample", help="print completions of held-out problems")
-    p.add_argument("run")
-    p.add_argument("--task", default="add")
-    p.add_argument("--n", type=int, default=8)
-    p.add_argument("--temperature", type=float, default=0.6)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("run", help=model_run)
+    p.add_argument("--task", default=None, help="add, mul, countdown or linear (default: the first the run was "
+                                                "trained on)")
+    p.add_argument("--n", type=int, default=8, help=f"held-out problems (1 to {MAX_N}, default 8)")
+    add_sampling_args(p)
     p.set_defaults(fn=cmd_sample)
 
     p = sub.add_parser("bench", help="throughput, FLOPs per token and MFU against this machine's matmul peak")
@@ -633,19 +918,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("export", help="write a run as a Hugging Face DeepSeek-V3 folder (transformers loads it)")
-    p.add_argument("run")
+    p.add_argument("run", help="run directory to export (its newest checkpoint)")
     p.add_argument("--hf", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("import", help="turn a local Hugging Face DeepSeek-V3-format folder into a run")
-    p.add_argument("hf_dir")
+    p.add_argument("hf_dir", help="a local folder with config.json, safetensors weights and tokenizer files")
     p.add_argument("--out", required=True, help="run directory to write")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("params", help="parameter counts and KV-cache size of a preset (meta device)")
-    p.add_argument("--preset", default="deepseek-v3-671b", help=f"one of {', '.join(PRESETS)}")
+    p.add_argument("--preset", default="deepseek-v3-671b", help=f"one of {', '.join(PRESETS)} (default %(default)s)")
     p.set_defaults(fn=cmd_params)
     return parser
 

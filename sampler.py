@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -117,8 +117,8 @@ def _pick(logits, temperature, top_k, top_p, generator):
 class _Rows:
     """tokens / mask / logprobs [N, L] filled left to right per row, and each row's stop state."""
 
-    def __init__(self, N, L, eos_id, pad_id, stop_sequences, device):
-        self.L, self.eos_id = L, eos_id
+    def __init__(self, N, L, eos_id, pad_id, stop_sequences, device, on_token=None):
+        self.L, self.eos_id, self.on_token = L, eos_id, on_token
         self.tokens = torch.full((N, L), pad_id, dtype=torch.long, device=device)
         self.mask = torch.zeros(N, L, dtype=torch.bool, device=device)
         self.logprobs = torch.zeros(N, L, device=device)
@@ -146,6 +146,8 @@ class _Rows:
             idx = (self.length.unsqueeze(1) - m + torch.arange(m, device=s.device)).clamp(min=0)  # [N, m]
             stop |= (self.length >= m) & (self.tokens.gather(1, idx) == s).all(1)
         self.finished |= take & stop
+        if self.on_token is not None:
+            self.on_token(token, take)
         return take
 
 
@@ -159,7 +161,8 @@ def generate(model, prompts: list[list[int]], *, num_samples: int = 1, max_new_t
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_id: int, pad_id: int,
              stop_sequences: Sequence[Sequence[int]] = (),
              generator: torch.Generator | Sequence[torch.Generator] | None = None,
-             speculative: bool = False) -> Generation:
+             speculative: bool = False,
+             on_token: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> Generation:
     """Sample num_samples completions of every prompt; rows [i*G, (i+1)*G) belong to prompt i.
 
     temperature 0 = greedy; top_k 0 and top_p 1.0 = off. A seeded `generator` reproduces a run
@@ -168,6 +171,9 @@ def generate(model, prompts: list[list[int]], *, num_samples: int = 1, max_new_t
     ranks; plain decoding only). A negative eos_id never matches (no EOS).
     The model is run in eval mode and its MoE expert-load counters are restored afterwards, so
     rollouts leave no trace in the aux-loss-free balancing statistics.
+    `on_token(token [N], took [N])`, if given, is called each time a token is emitted, as it is
+    sampled: row r's output grows by token[r] where took[r] (r1.py ask streams one row this way).
+    It only watches: the output is the same with or without it.
     """
     cfg = model.cfg
     G, L = num_samples, max_new_tokens
@@ -202,7 +208,7 @@ def generate(model, prompts: list[list[int]], *, num_samples: int = 1, max_new_t
     moes = [m for m in model.modules() if isinstance(m, MoE)]
     loads = [m.load.clone() for m in moes]
     model.eval()
-    out = _Rows(len(rows), L, eos_id, pad_id, stop_sequences, device)
+    out = _Rows(len(rows), L, eos_id, pad_id, stop_sequences, device, on_token)
     args = (model, ids, prompt_mask, rows, out, temperature, top_k, top_p, generator)
     proposed = accepted = 0
     try:

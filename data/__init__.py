@@ -5,7 +5,7 @@
     mul.py        task "mul": d-digit times 1-2 digit long multiplication
     countdown.py  task "countdown": reach a target from given numbers with + - * /
     linear.py     task "linear": solve a*x+b=c (or a*x+b=c*x+e) for x
-    tasks.py      one interface over the four: problems, the held-out split, completion()
+    tasks.py      one interface over the four: problems, the held-out split, completion(), typed questions
     corpus.py     build_corpus(): the LONG / SHORT / GRADED mix the base model is pre-trained on
     tokenizer.py  Tokenizer (closed vocabulary, HF tokenizer.json) and default_tokenizer()
 """
@@ -13,8 +13,8 @@
 from data.common import TEMPLATE, Problem, Step, prompt
 from data.corpus import build_corpus
 from data.tasks import (DEFAULT_DIFFICULTY, DIFFICULTIES, EVAL_FRACTION, EVAL_SEED, TASKS, answer_text, check_task,
-                        completion, eval_set, make_problem, make_problems, n_steps, sample_problem, solution_steps,
-                        split_of)
+                        completion, describe, eval_set, make_problem, make_problems, n_steps, plain_question,
+                        question_task, read_question, sample_problem, solution_steps, split_of)
 from data.tokenizer import Tokenizer, default_tokenizer
 
 __all__ = [
@@ -22,5 +22,6 @@ __all__ = [
     "TASKS", "DEFAULT_DIFFICULTY", "DIFFICULTIES", "EVAL_FRACTION", "EVAL_SEED", "check_task",
     "make_problem", "make_problems", "sample_problem", "split_of", "eval_set",
     "solution_steps", "n_steps", "answer_text", "completion",
+    "question_task", "plain_question", "read_question", "describe",
     "build_corpus", "Tokenizer", "default_tokenizer",
 ]

@@ -53,9 +53,32 @@ def generate(rng: random.Random, difficulty: int) -> Problem:
     """A random addition or subtraction (half each) with operands of max(1, d-2)..d digits."""
     d = difficulty
     top, bottom = _operand(rng, d), _operand(rng, d)
-    op = rng.choice("+-")
-    answer = top + bottom if op == "+" else top - bottom
-    return Problem("add", f"{_pad(top, d)}{op}{_pad(bottom, d)}", str(answer))
+    return _problem(top, rng.choice("+-"), bottom, d)
+
+
+def read(text: str, difficulty: int) -> Problem:
+    """A question typed by a person ("123+456", "5242 - 1663"; padding optional) written the way
+    `generate` writes it at this difficulty ("__123+__456" at 5), or ValueError saying what is asked.
+    Operands must have as many digits as `generate` gives them: at width 5 the model never saw "____1"."""
+    m = re.fullmatch(r"(\d+)([+-])(\d+)", text.replace(" ", "").replace("_", ""))
+    if m is None:
+        raise ValueError(f"{text!r} is not an add question: this run answers {describe(difficulty)}")
+    top, op, bottom = int(m.group(1)), m.group(2), int(m.group(3))
+    digits, widths = (len(str(top)), len(str(bottom))), _widths(difficulty)
+    if max(digits) > widths[-1] or min(digits) < widths[0]:
+        which = f"wider than the {widths[-1]}" if max(digits) > widths[-1] else f"narrower than the {widths[0]}"
+        raise ValueError(f"{text!r} has an operand {which} digits this run was trained on: "
+                         f"it answers {describe(difficulty)}")
+    return _problem(top, op, bottom, difficulty)
+
+
+def describe(difficulty: int) -> str:
+    """What a run trained at this difficulty answers, with examples of widths it was trained on."""
+    widths = _widths(difficulty)
+    short, long = max(widths[0], min(3, widths[-1])), max(widths[0], min(4, widths[-1]))
+    span = f"{widths[0]} to {widths[-1]} digits" if len(widths) > 1 else "1 digit"
+    return f"add questions like {'123456'[:short]}+{'456789'[:short]} or {'52427183'[:long]}-{'16639475'[:long]} " \
+           f"with operands of {span}"
 
 
 def steps(problem: Problem) -> list[Step]:
@@ -95,8 +118,19 @@ def sub_columns(top: int, bottom: int, width: int) -> list[Step]:
     return out
 
 
+def _problem(top: int, op: str, bottom: int, width: int) -> Problem:
+    answer = top + bottom if op == "+" else top - bottom
+    return Problem("add", f"{_pad(top, width)}{op}{_pad(bottom, width)}", str(answer))
+
+
+def _widths(d: int) -> range:
+    """The digit counts of an operand at difficulty d: d-2 to d (3 to 5 at d=5), at least 1."""
+    return range(max(1, d - 2), d + 1)
+
+
 def _operand(rng: random.Random, d: int) -> int:
-    digits = rng.randint(max(1, d - 2), d)
+    widths = _widths(d)
+    digits = rng.randint(widths[0], widths[-1])
     low = 0 if digits == 1 else 10 ** (digits - 1)
     return rng.randint(low, 10 ** digits - 1)
 

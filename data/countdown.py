@@ -25,7 +25,9 @@ does let the model check each step's value against the target before it commits 
 """
 
 import ast
+import itertools
 import random
+import re
 
 from data.common import Problem, Step
 
@@ -45,22 +47,63 @@ def generate(rng: random.Random, difficulty: int) -> Problem:
         pool = [(x, str(x), 3) for x in numbers]
         while len(pool) > 1:
             i, j = rng.sample(range(len(pool)), 2)
-            (a, a_text, a_prec), (b, b_text, b_prec) = pool[i], pool[j]
-            ops = _valid_ops(a, b)
+            ops = _valid_ops(pool[i][0], pool[j][0])
             if not ops:
                 break
             op, value = rng.choice(ops)
-            prec = _PRECEDENCE[op]
-            # Parenthesize so that parsing the text gives back exactly this tree (left-associative
-            # reading): a left operand needs them below the operator's precedence, a right one at or below.
-            left = f"({a_text})" if a_prec < prec else a_text
-            right = f"({b_text})" if b_prec <= prec else b_text
-            pool = [item for k, item in enumerate(pool) if k not in (i, j)] + [(value, left + op + right, prec)]
+            rest = [item for k, item in enumerate(pool) if k not in (i, j)]
+            pool = rest + [_combine(pool[i], pool[j], op, value)]
         if len(pool) == 1:
             target, solution, _ = pool[0]
-            numbers.sort()
-            question = " ".join(map(str, numbers)) + f" -> {target}"
-            return Problem("countdown", question, str(target), tuple(numbers), solution)
+            return _problem(numbers, target, solution)
+
+
+def read(text: str, difficulty: int) -> Problem:
+    """A question typed by a person ("50 25 7 3 -> 175", commas allowed) as `generate` writes it, with a
+    solution found by `solve`; ValueError saying what is asked for anything `generate` could not write."""
+    m = re.fullmatch(r"\s*(\d+(?:[\s,]+\d+)*)\s*->\s*(\d+)\s*", text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a countdown question: this run answers {describe(difficulty)}")
+    numbers, target = sorted(int(x) for x in re.split(r"[\s,]+", m.group(1))), int(m.group(2))
+    if len(numbers) != difficulty or not all(1 <= x <= 10 or x in LARGE for x in numbers) \
+            or not 1 <= target <= MAX_VALUE:
+        raise ValueError(f"{text!r} is outside what this run was trained on: it answers {describe(difficulty)}")
+    solution = solve(numbers, target)
+    if solution is None:
+        raise ValueError(f"{text!r} has no solution with whole-number steps, and this run was trained only on "
+                         f"puzzles that have one")
+    return _problem(numbers, target, solution)
+
+
+def solve(numbers: list[int], target: int) -> str | None:
+    """An expression reaching `target` that uses each number once, combining two at a time as `generate`
+    does (every intermediate result a positive integer <= MAX_VALUE); None if there is none.
+    Depth-first over pairs; a multiset of values already seen to fail is not searched again."""
+    failed: set[tuple[int, ...]] = set()
+
+    def search(pool):
+        if len(pool) == 1:
+            return pool[0][1] if pool[0][0] == target else None
+        values = tuple(sorted(v for v, _, _ in pool))
+        if values in failed:
+            return None
+        for i, j in itertools.permutations(range(len(pool)), 2):
+            rest = [item for k, item in enumerate(pool) if k not in (i, j)]
+            for op, value in _valid_ops(pool[i][0], pool[j][0]):
+                found = search(rest + [_combine(pool[i], pool[j], op, value)])
+                if found is not None:
+                    return found
+        failed.add(values)
+        return None
+
+    return search([(x, str(x), 3) for x in numbers])
+
+
+def describe(difficulty: int) -> str:
+    """What a run trained at this difficulty answers, with an example of that size."""
+    example = [3, 7, 25, 50, 100][:difficulty]
+    return (f"countdown questions like {' '.join(map(str, example))} -> {sum(example)}: {difficulty} numbers "
+            f"(each 1 to 10, 25, 50, 75 or 100) and a target from 1 to {MAX_VALUE}")
 
 
 def steps(problem: Problem) -> list[Step]:
@@ -82,6 +125,22 @@ def _valid_ops(a: int, b: int) -> list[tuple[str, int]]:
     if b > 1 and a % b == 0:
         out.append(("/", a // b))
     return [(op, v) for op, v in out if v <= MAX_VALUE]
+
+
+def _problem(numbers: list[int], target: int, solution: str) -> Problem:
+    numbers = sorted(numbers)  # listed sorted: the same numbers and target are the same question
+    return Problem("countdown", " ".join(map(str, numbers)) + f" -> {target}", str(target), tuple(numbers), solution)
+
+
+def _combine(a: tuple, b: tuple, op: str, value: int) -> tuple[int, str, int]:
+    """Pool items (value, expression text, precedence of its top operator; 3 for a number) a and b
+    combined by `op` into the item of `value`. Parenthesized so that parsing the text gives back
+    exactly this tree (left-associative reading): a left operand needs them below the operator's
+    precedence, a right one at or below."""
+    (_, a_text, a_prec), (_, b_text, b_prec), prec = a, b, _PRECEDENCE[op]
+    left = f"({a_text})" if a_prec < prec else a_text
+    right = f"({b_text})" if b_prec <= prec else b_text
+    return value, left + op + right, prec
 
 
 def _evaluate(node: ast.expr, out: list[Step]) -> int:

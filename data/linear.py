@@ -35,19 +35,46 @@ def generate(rng: random.Random, difficulty: int) -> Problem:
     """A random equation of the given difficulty (see the module docstring)."""
     if difficulty == 1:
         a, x, b = rng.randint(2, 9), rng.randint(-9, 9), _nonzero(rng, 9)
-        c = a * x + b
-        question, solution = f"{a}x{b:+d}={c}", Fraction(c - b, a)
-    elif difficulty == 2:
+        return _problem(a, b, a * x + b)
+    if difficulty == 2:
         a, b, c = _nonzero(rng, 9, low=2), _nonzero(rng, 20), rng.randint(-20, 20)
-        question, solution = f"{a}x{b:+d}={c}", Fraction(c - b, a)
+        return _problem(a, b, c)
+    while True:
+        a, c = _nonzero(rng, 9, low=2), _nonzero(rng, 9, low=2)
+        if abs(a - c) >= 2:
+            break
+    b, e = _nonzero(rng, 20), _nonzero(rng, 20)
+    return _problem(a, b, c, e)
+
+
+def read(text: str, difficulty: int) -> Problem:
+    """A question typed by a person ("3x+5=20", "5x + 3 = 2x + 9") as `generate` writes it, or ValueError
+    saying what is asked for anything `generate` could not have written at this difficulty."""
+    m = _QUESTION.fullmatch(text.replace(" ", ""))
+    if m is None:
+        raise ValueError(f"{text!r} is not a linear question: this run answers {describe(difficulty)}")
+    a, b = int(m.group(1)), int(m.group(2))
+    if m.group(3) is not None:
+        c, e = int(m.group(3)), int(m.group(4))
+        fits = difficulty == 3 and 2 <= abs(a) <= 9 and 2 <= abs(c) <= 9 and abs(a - c) >= 2 and 1 <= abs(b) <= 20 \
+            and 1 <= abs(e) <= 20
     else:
-        while True:
-            a, c = _nonzero(rng, 9, low=2), _nonzero(rng, 9, low=2)
-            if abs(a - c) >= 2:
-                break
-        b, e = _nonzero(rng, 20), _nonzero(rng, 20)
-        question, solution = f"{a}x{b:+d}={c}x{e:+d}", Fraction(e - b, a - c)
-    return Problem("linear", question, str(solution))
+        c, e = int(m.group(5)), None
+        fits = (difficulty == 1 and 2 <= a <= 9 and 1 <= abs(b) <= 9 and (c - b) % a == 0 and abs(c - b) // a <= 9) \
+            or (difficulty == 2 and 2 <= abs(a) <= 9 and 1 <= abs(b) <= 20 and abs(c) <= 20)
+    if not fits:
+        raise ValueError(f"{text!r} is outside what this run was trained on: it answers {describe(difficulty)}")
+    return _problem(a, b, c, e)
+
+
+def describe(difficulty: int) -> str:
+    """What a run trained at this difficulty answers (the ranges of `generate`)."""
+    return {1: "linear questions like 3x+5=20: a*x+b=c with a from 2 to 9, b from -9 to 9 (not 0) "
+               "and a whole solution from -9 to 9",
+            2: "linear questions like 3x+5=20 or -4x-7=2: a*x+b=c with a from -9 to 9 (|a| >= 2), "
+               "b from -20 to 20 (not 0) and c from -20 to 20",
+            3: "linear questions like 5x+3=2x+9: a*x+b=c*x+e with a and c from -9 to 9 (|a|, |c| and |a-c| >= 2), "
+               "b and e from -20 to 20 (not 0)"}[difficulty]
 
 
 def steps(problem: Problem) -> list[Step]:
@@ -75,6 +102,13 @@ def steps(problem: Problem) -> list[Step]:
 
 def answer_text(problem: Problem) -> str:
     return problem.answer
+
+
+def _problem(a: int, b: int, c: int, e: int | None = None) -> Problem:
+    """a*x+b=c, or a*x+b=c*x+e when e is given, with its solution."""
+    if e is None:
+        return Problem("linear", f"{a}x{b:+d}={c}", str(Fraction(c - b, a)))
+    return Problem("linear", f"{a}x{b:+d}={c}x{e:+d}", str(Fraction(e - b, a - c)))
 
 
 def _nonzero(rng: random.Random, high: int, low: int = 1) -> int:

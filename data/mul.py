@@ -41,6 +41,24 @@ def generate(rng: random.Random, difficulty: int) -> Problem:
     return Problem("mul", f"{a}*{b}", str(a * b))
 
 
+def read(text: str, difficulty: int) -> Problem:
+    """A question typed by a person ("347*86", "347 * 6") as `generate` writes it, or ValueError
+    saying what is asked: the first number has exactly `difficulty` digits, the second is 2 to 99."""
+    m = _QUESTION.fullmatch(text.replace(" ", ""))
+    if m is None:
+        raise ValueError(f"{text!r} is not a mul question: this run answers {describe(difficulty)}")
+    a, b = int(m.group(1)), int(m.group(2))
+    if not (10 ** (difficulty - 1) <= a < 10 ** difficulty and 2 <= b <= 99):
+        raise ValueError(f"{text!r} is outside what this run was trained on: it answers {describe(difficulty)}")
+    return Problem("mul", f"{a}*{b}", str(a * b))
+
+
+def describe(difficulty: int) -> str:
+    """What a run trained at this difficulty answers, with examples of that width."""
+    a = "347285"[:difficulty]
+    return f"mul questions like {a}*6 or {a}*86: a {difficulty}-digit number times a number from 2 to 99"
+
+
 def steps(problem: Problem) -> list[Step]:
     """The worked solution, read back from the question alone (see the module docstring)."""
     m = _QUESTION.fullmatch(problem.question)

@@ -9,7 +9,8 @@
 
 Each family lives in its own module (arith, mul, countdown, linear) with a worked example in its
 docstring; each provides generate(rng, difficulty), steps(problem) and answer_text(problem), plus
-DEFAULT_DIFFICULTY and DIFFICULTIES. This module picks the family by name and adds what is common.
+DEFAULT_DIFFICULTY and DIFFICULTIES; and, for questions typed by a person (r1.py ask),
+read(text, difficulty) and describe(difficulty). This module picks the family by name and adds what is common.
 
 Why partial thinking still ends in the true answer: the base model pre-trained on such completions
 learns that thinking may stop anywhere and an answer follows. Where it stopped early it has to guess the
@@ -24,6 +25,7 @@ problems of the other split, so they can never meet.
 
 import hashlib
 import random
+import re
 
 from data import arith, countdown, linear, mul
 from data.common import Problem, Step
@@ -104,6 +106,43 @@ def make_problems(task: str, n: int, *, split: str = "train", seed: int,
 def eval_set(task: str, n: int = 200, *, difficulty: int | None = None) -> list[Problem]:
     """The fixed held-out set: n distinct eval-split problems from EVAL_SEED (a smaller n is a prefix)."""
     return make_problems(task, n, split="eval", seed=EVAL_SEED, difficulty=difficulty)
+
+
+# ----------------------------------------------------------------------------- questions typed by a person
+
+def question_task(text: str) -> str | None:
+    """The family a typed question is written in, told by its operator: "->" countdown, "x" linear,
+    "*" mul, "+" or "-" between digits add; None when it looks like none of them."""
+    text = plain_question(text)
+    if "->" in text:
+        return "countdown"
+    if "x" in text:
+        return "linear"
+    if "*" in text:
+        return "mul"
+    if re.search(r"[0-9_]\s*[+-]", text):
+        return "add"
+    return None
+
+
+def plain_question(text: str) -> str:
+    """The question without the phrasing around it: "What is 123+456?" -> "123+456"."""
+    text = re.sub(r"^what\s+is\s+", "", text.strip(), flags=re.IGNORECASE)
+    return text.rstrip("?= \t")
+
+
+def read_question(task: str, text: str, difficulty: int | None = None) -> Problem:
+    """A typed question as the problem a model trained on `task` at `difficulty` knows: the question
+    written exactly as the task's generator writes it ("123+456" -> "__123+__456" for add at width 5)
+    and the true answer. ValueError, saying what the task asks, for anything the generator could not
+    have written: a malformed question, an operand too wide, numbers out of the trained range."""
+    return _family(task).read(plain_question(text), _difficulty(task, difficulty))
+
+
+def describe(task: str, difficulty: int | None = None) -> str:
+    """What a model trained on `task` at `difficulty` answers, e.g. "add questions like 123+456 or
+    5242-1663 with operands of at most 5 digits"."""
+    return _family(task).describe(_difficulty(task, difficulty))
 
 
 # ----------------------------------------------------------------------------- worked solutions

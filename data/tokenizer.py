@@ -100,15 +100,24 @@ class Tokenizer:
         """The token strings of `text`, to see how it is cut (e.g. for counting or printing)."""
         return [self.hf.id_to_token(i) for i in self.encode(text)]
 
+    def unknown(self, text: str) -> str | None:
+        """The first piece of `text` that encode() refuses (say "é" or " plus"), or None if it all encodes."""
+        encoding = self.hf.encode(text)
+        i = self._first_refused(encoding)
+        return None if i is None else text[slice(*encoding.offsets[i])]
+
     def _checked(self, text: str, encoding, bos: bool, eos: bool) -> list[int]:
-        ids = encoding.ids
-        for i, token_id in enumerate(ids):
-            if token_id in (self.unk_id, *self._dropped):
-                start, end = encoding.offsets[i]
-                why = ("it is not in the closed vocabulary (build the tokenizer from texts that contain it)"
-                       if token_id == self.unk_id else "it is a special token (use bos=/eos= instead)")
-                raise ValueError(f"cannot encode {text[start:end]!r} at character {start} of {text[:60]!r}: {why}")
-        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+        i = self._first_refused(encoding)
+        if i is not None:
+            start, end = encoding.offsets[i]
+            why = ("it is not in the closed vocabulary (build the tokenizer from texts that contain it)"
+                   if encoding.ids[i] == self.unk_id else "it is a special token (use bos=/eos= instead)")
+            raise ValueError(f"cannot encode {text[start:end]!r} at character {start} of {text[:60]!r}: {why}")
+        return ([self.bos_id] if bos else []) + encoding.ids + ([self.eos_id] if eos else [])
+
+    def _first_refused(self, encoding) -> int | None:
+        """Index of the first token that is unknown or a special token written as text, or None."""
+        return next((i for i, token_id in enumerate(encoding.ids) if token_id in (self.unk_id, *self._dropped)), None)
 
 
 def _pre_tokenizer() -> pre_tokenizers.Split:

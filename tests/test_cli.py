@@ -8,10 +8,13 @@ stderr, a fresh interpreter; ~2 s each just to import torch). The rest call r1.m
 exception turned into a "Traceback" failure: the same checks at a fraction of the CPU (2 shared cores).
 A tiny valid run, made in-process with train_lm, is shared by the module.
 """
+import argparse
 import contextlib
+import dataclasses
 import hashlib
 import io
 import os
+import shlex
 import traceback
 import subprocess
 import sys
@@ -286,3 +289,55 @@ def test_no_options_go_to_zero(monkeypatch):
     monkeypatch.setattr(r1, "cmd_zero", lambda args: seen.update(vars(args)))
     assert r1.main([]) == 0
     assert seen["command"] == "zero" and seen["run"] == "runs/zero" and seen["smoke"] is False
+
+
+# --------------------------------------------------------------------------------------------
+# Help: every option of every subcommand says what it means; the epilog's examples parse
+# --------------------------------------------------------------------------------------------
+
+
+def subcommands():
+    parser = r1.build_parser()
+    (choices,) = [a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return choices
+
+
+@pytest.mark.parametrize("name", sorted(subcommands()))
+def test_every_option_has_help(name):
+    p = subcommands()[name]
+    missing = [a.dest for a in p._actions if not (a.help or "").strip() or (a.help or "").startswith(" (")]
+    assert not missing, f"{name}: no help for {missing}"
+
+
+def test_every_config_field_has_help():
+    from recipe import RecipeConfig, RejectionConfig
+    from train import TrainConfig
+    from train_grpo import GRPOConfig
+
+    for cls in (TrainConfig, GRPOConfig, RecipeConfig, RejectionConfig):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        texts = r1.CONFIG_HELP[cls.__name__]
+        assert set(texts) == fields, (cls.__name__, fields ^ set(texts))
+        assert all(t.strip() for t in texts.values())
+
+
+def test_difficulty_help_matches_the_tasks():
+    from data import DEFAULT_DIFFICULTY, DIFFICULTIES
+
+    (difficulty,) = [a.help for a in subcommands()["pretrain"]._actions if a.dest == "difficulty"]
+    for task, allowed in DIFFICULTIES.items():
+        assert f"{task} {allowed.start}-{allowed.stop - 1} " in difficulty, (task, difficulty)
+        assert f"{task} {DEFAULT_DIFFICULTY[task]}" in difficulty.split("default")[-1], (task, difficulty)
+
+
+def test_epilog_examples_parse():
+    """Every `python r1.py ...` line of the module docstring (the --help epilog) is a valid command line."""
+    parser = r1.build_parser()
+    lines = [line.split("python r1.py", 1)[1] for line in r1.__doc__.splitlines() if "python r1.py" in line]
+    assert any(line.split()[:1] == ["ask"] for line in lines)
+    for line in lines:
+        argv = shlex.split(line.split("   ")[0])  # the command, before the column of comments
+        if not argv or argv[0].startswith("-"):
+            argv = ["zero"] + argv  # as main() does
+        args = parser.parse_args(argv)
+        assert callable(args.fn), line
