@@ -561,7 +561,8 @@ def cmd_zero(args):
 
     # 2. evaluate the base, and check that RL has something to work with
     print(f"== 2/4 evaluating the base model ({n} held-out problems x {k} samples, T=0.6, top-p 0.95)")
-    base = evaluate(model, tok, problems, k=k, max_new_tokens=rl.max_completion_length, seed=args.seed)
+    base = evaluate(model, tok, problems, k=k, max_new_tokens=rl.max_completion_length, seed=args.seed,
+                    progress=not args.quiet)
     print(format_table(base["tasks"], TABLE_KEYS(k)))
     problem = base_not_ready(base["overall"])
     if problem and not smoke and not args.skip_base_check:
@@ -582,7 +583,8 @@ def cmd_zero(args):
 
     # 4. evaluate again, then the table, report.md and the plots
     print("== 4/4 evaluating after GRPO")
-    after = evaluate(model, tok, problems, k=k, max_new_tokens=rl.max_completion_length, seed=args.seed)
+    after = evaluate(model, tok, problems, k=k, max_new_tokens=rl.max_completion_length, seed=args.seed,
+                     progress=not args.quiet)
     rows = {f"base {t}": r for t, r in base["tasks"].items()} | {f"R1-Zero {t}": r for t, r in after["tasks"].items()}
     table = format_table(rows, TABLE_KEYS(k))
     print(table)
@@ -795,14 +797,22 @@ def _print_config(model_cfg, stage_cfg, run, quiet):
     print("  stage: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(stage_cfg).items()))
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with r1's error contract: a bad option is one "error:" line (naming where the help is)
+    and exit code 2, like every other bad input. Subcommands inherit the class."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see: python {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from model import PRESETS
     from recipe import RecipeConfig, RejectionConfig
     from train import TrainConfig
     from train_grpo import GRPOConfig
 
-    parser = argparse.ArgumentParser(prog="r1.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = Parser(prog="r1.py", description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="command")
     presets = f"model size: {', '.join(PRESETS)}"
     model_run = "run directory (a story run such as runs/zero means its RL model, runs/zero/rl)"
