@@ -35,7 +35,7 @@ import os
 import sys
 from pathlib import Path
 
-from runs import R1Error, release_runs
+from runs import MAX_EVAL_K, MAX_EVAL_N, MAX_EXAMPLES, MAX_INT, R1Error, error_line, release_runs
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,6 +315,8 @@ def cmd_cold_start(args):
     from recipe import write_jsonl
 
     _positive(n=args.n)
+    if args.n > MAX_EXAMPLES or not 0 <= args.seed <= MAX_INT:
+        raise R1Error(f"--n must be at most {MAX_EXAMPLES:,} and --seed in [0, {MAX_INT}]")
     tasks = _tasks(args.tasks)
     print(f"writing {args.n} readable cold-start examples of {', '.join(tasks)} (train split, seed {args.seed})")
     rows = _value_error(cold_start_set, args.n, tasks=tuple(tasks), seed=args.seed, with_summary=not args.no_summary)
@@ -531,7 +533,8 @@ def cmd_zero(args):
     rl = GRPOConfig(seed=args.seed, **({"steps": 2, "prompts_per_step": 2, "num_generations": 4, "eval_every": 0,
                                         "eval_n": 4, "eval_k": 2, "ckpt_every": 0, "max_completion_length": 24}
                                        if smoke else {}))
-    GRPOConfig(eval_n=n, eval_k=k)  # --n and --k: the same ranges as GRPO's own evaluations
+    if not (1 <= n <= MAX_EVAL_N and 1 <= k <= MAX_EVAL_K):
+        raise R1Error(f"--n must be in 1..{MAX_EVAL_N} held-out problems and --k in 1..{MAX_EVAL_K} samples, got {n}, {k}")
     device = pick_device(args.device)
     tok = default_tokenizer()
     model_cfg = _value_error(preset, args.preset, vocab_size=tok.vocab_size)
@@ -697,10 +700,7 @@ def _positive(**values):
 
 # Bounds of the sampling options of eval, sample and ask. The protocol at its defaults, n=100 x k=8 = 800
 # samples, takes 20 to 75 s for the tiny model on 2 CPU cores, so MAX_SAMPLES is up to about two hours
-MAX_K = 256  # samples per problem: one problem's k samples fill at most one batch of evaluate (256 rows)
-MAX_N = 500  # held-out problems per task: the held-out split is 10% of each problem space, and a small one
-#              runs out (countdown with 2 numbers has 38 problems), which eval_set reports after 50 draws
-#              per problem asked for: ~6 s at 500
+MAX_K, MAX_N = MAX_EVAL_K, MAX_EVAL_N  # runs.py says why
 MAX_SAMPLES = 100_000  # n x k per task
 SAMPLE_BATCH = 64  # sample prints its completions this many problems at a time
 
@@ -953,12 +953,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         args.fn(args)
-    except R1Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # permissions, a file where a folder should be, a full disk: one line, no traceback
-        where = f": {e.filename}" if e.filename else ""
-        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+    except (R1Error, OSError) as e:  # OSError: permissions, a file where a folder should be, a full disk
+        print(error_line(e), file=sys.stderr)
         return 2
     except MemoryError:
         print("error: out of memory: choose a smaller preset, batch or number of samples", file=sys.stderr)

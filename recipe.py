@@ -46,7 +46,7 @@ from data import check_task, default_tokenizer, make_problems, prompt
 from data.cold_start import cold_start_set
 from evaluate import evaluate, format_table
 from model import ModelConfig, build_model, count_params, preset
-from runs import R1Error, autocast, check_numbers, has_checkpoint, load_checkpoint, mark_run_dir, write_text_atomic
+from runs import MAX_EVAL_K, MAX_EVAL_N, MAX_EXAMPLES, R1Error, autocast, check_numbers, has_checkpoint, load_checkpoint, mark_run_dir, write_text_atomic
 from sampler import generate
 from train import (TrainConfig, check_sft_pairs, eval_problems, load_run, pretrain_batches, run_config_and_tokenizer,
                    save_run_files, sft_batches, train_lm)
@@ -73,6 +73,8 @@ class RejectionConfig:
 
     def __post_init__(self):
         check_numbers(self)
+        if self.n_prompts > MAX_EXAMPLES or self.k > MAX_EVAL_K:
+            raise R1Error(f"--n-prompts must be at most {MAX_EXAMPLES:,} and --k at most {MAX_EVAL_K}")
         if self.n_prompts <= 0 or self.k <= 0 or self.max_new_tokens <= 0 or self.max_run <= 0:
             raise R1Error("--n-prompts, --k, --max-new-tokens and --max-run must be > 0")
         if not (self.temperature > 0 and 0 < self.top_p <= 1 and 0 <= self.min_consistency <= 1):
@@ -318,6 +320,10 @@ class RecipeConfig:
                     raise R1Error(f"--{f.name.replace('_', '-')} must be > 0, got {v}")
         if self.consistency_weight < 0:
             raise R1Error("--consistency-weight must be >= 0")
+        if self.eval_n > MAX_EVAL_N or self.eval_k > MAX_EVAL_K:
+            raise R1Error(f"--eval-n must be at most {MAX_EVAL_N} and --eval-k at most {MAX_EVAL_K}")
+        if max(self.cold_start_n, self.rs_prompts) > MAX_EXAMPLES:
+            raise R1Error(f"--cold-start-n and --rs-prompts must be at most {MAX_EXAMPLES:,}")
 
     @classmethod
     def smoke(cls, **kw) -> "RecipeConfig":

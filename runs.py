@@ -55,8 +55,21 @@ class R1Error(Exception):
     """A user-facing error: r1.py prints its message on one line and exits with code 2."""
 
 
+def error_line(e: Exception) -> str:
+    """The one line a user sees for an R1Error or an OSError (permissions, a file where a folder
+    should be, a full disk): no traceback."""
+    if isinstance(e, OSError):
+        return f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    return f"error: {e}"
+
+
 MAX_INT = 2**31 - 1  # a bound on every integer option: seeds and sizes stay inside int64 arithmetic
-MAX_EVAL_N = 10_000  # held-out problems per task: the held-out split of the easiest level is smaller
+# Bounds of every evaluation (eval, sample, ask, the story, the stages' in-loop evaluations). The held-out
+# split is 10% of each problem space, and a small one runs out (countdown with 2 numbers has 38 problems),
+# which eval_set reports after 50 draws per problem asked for: ~6 s at 500
+MAX_EVAL_N = 500  # held-out problems per task
+MAX_EVAL_K = 256  # samples per problem: one problem's k samples fill at most one batch of evaluate (256 rows)
+MAX_EXAMPLES = 1_000_000  # generated SFT examples or prompts per task (cold start, rejection sampling)
 
 
 def check_numbers(cfg) -> None:

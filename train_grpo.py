@@ -55,7 +55,7 @@ import rewards
 from data import prompt, sample_problem
 from evaluate import evaluate, thinking_tokens
 from model import Transformer
-from runs import (MAX_EVAL_N, Metrics, Progress, R1Error, World, autocast, check_numbers, cut_samples_after, rng_state, seed_everything,
+from runs import (MAX_EVAL_K, MAX_EVAL_N, Metrics, Progress, R1Error, World, autocast, check_numbers, cut_samples_after, rng_state, seed_everything,
                   set_rng_state)
 from sampler import generate
 from train import eval_problems
@@ -113,8 +113,8 @@ class GRPOConfig:
             (self.temperature > 0, "--temperature must be > 0 for RL rollouts"),
             (0 < self.top_p <= 1, "--top-p must be in (0, 1]"),
             (self.max_completion_length > 0, "--max-completion-length must be > 0"),
-            (0 < self.eval_n <= MAX_EVAL_N and 0 < self.eval_k <= 64,
-             f"--eval-n must be in 1..{MAX_EVAL_N} and --eval-k in 1..64"),
+            (0 < self.eval_n <= MAX_EVAL_N and 0 < self.eval_k <= MAX_EVAL_K,
+             f"--eval-n must be in 1..{MAX_EVAL_N} and --eval-k in 1..{MAX_EVAL_K}"),
             (self.prompts_per_step * self.num_generations >= self.num_minibatches,
              "--num-minibatches exceeds the rollout size"),
         ]

@@ -30,7 +30,7 @@ if not __package__:  # run as a script, sys.path[0] is scale/, where this file's
 
 import r1  # noqa: E402
 import train  # noqa: E402
-from runs import R1Error  # noqa: E402
+from runs import R1Error, error_line  # noqa: E402
 
 STAGES = {"pretrain": r1.cmd_pretrain, "sft": r1.cmd_sft, "grpo": r1.cmd_grpo}
 
@@ -71,10 +71,8 @@ def auto_resume(args):
         return
     if args.command != "pretrain":
         r1._default_run_from_init(args, args.command)
-    if (Path(args.run) / "ckpt" / "latest").exists():
-        args.resume, args.overwrite = True, False
-    else:
-        args.resume, args.overwrite = False, True
+    run = Path(args.run)  # --resume continues from ckpt/latest, or from step 0 if none was written yet
+    args.resume, args.overwrite = run.is_dir() and any(run.iterdir()), False
 
 
 def kill_once_at(step: int):
@@ -111,9 +109,9 @@ def main(argv=None) -> int:
         STAGES[args.command](args, world)
         world.close()
         return 0
-    except R1Error as e:
+    except (R1Error, OSError) as e:
         if rank == 0:
-            print(f"error: {e}", file=sys.stderr)
+            print(error_line(e), file=sys.stderr)
         if world is not None:
             import torch.distributed as dist
             dist.destroy_process_group()

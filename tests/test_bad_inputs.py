@@ -194,8 +194,8 @@ CASES = [
     ("grpo_init_missing", ["grpo", "--init", "{d}/nope", "--run", "{d}/out"], None, "does not exist"),
     ("grpo_run_is_init", ["grpo", "--init", "{v}", "--run", "{v}"], None, "--run must differ from --init"),
     # --- the story ---
-    ("story_k_zero", ["--run", "{d}/out", "--k", "0"], None, "--eval-k"),
-    ("story_n_huge", ["--run", "{d}/out", "--n", "100000000"], None, "--eval-n"),
+    ("story_k_zero", ["--run", "{d}/out", "--k", "0"], None, "--k in 1..256"),
+    ("story_n_huge", ["--run", "{d}/out", "--n", "100000000"], None, "--n must be in 1..500"),
     ("story_seed_negative", ["--run", "{d}/out", "--seed", "-1"], None, "--seed"),
     ("story_resume_other_seed", ["--run", "{d}/story", "--resume", "--seed", "5"], lambda d: story(d), "options differ"),
     ("story_resume_other_preset", ["--run", "{d}/story", "--resume", "--preset", "small"], lambda d: story(d), "options differ"),
@@ -269,6 +269,14 @@ CASES = [
     ("plot_damaged_metrics", ["plot", "{d}/run"], torn_metrics, "metrics.jsonl:1:"),
     ("params_unknown", ["params", "--preset", "gpt5"], None, "gpt5"),
     ("import_missing", ["import", "{d}/nope", "--out", "{d}/out"], None, "does not exist"),
+    ("export_hf_empty", ["export", "{v}", "--hf", ""], None, "--hf is empty"),
+    ("recipe_eval_n_huge", ["recipe", "--run", "{d}/out", "--eval-n", "100000"], None, "--eval-n must be at most"),
+    ("cold_start_n_huge", ["cold-start", "--out", "{d}/c.jsonl", "--n", "100000000"], None, "--n must be at most"),
+    ("rejection_prompts_huge", ["rejection-sample", "{v}", "--out", "{d}/r.jsonl", "--n-prompts", "100000000"], None,
+     "--n-prompts must be at most"),
+    ("distill_teacher_missing", ["distill", "--teacher", "{d}/nope", "--run", "{d}/out"], None, "does not exist"),
+    ("eval_json_missing_folder", ["eval", "{v}", "--n", "1", "--k", "1", "--json", "{d}/no/such/e.json",
+                                  "--device", "cpu"], None, "does not exist"),
 ]
 
 
