@@ -433,7 +433,7 @@ class MoE(nn.Module):
         token = order // cfg.n_activated_experts  # which token each sorted slot belongs to
         xs = flat.index_select(0, token)  # [M*K, D]
         # every expert is called, even on an empty slice, so each one is in the autograd graph
-        # (FSDP2 gives silently wrong gradients otherwise; see NOTES.md)
+        # (FSDP2 gives silently wrong gradients otherwise; docs/traps.md)
         ys = torch.cat([e(chunk) for e, chunk in zip(self.experts, xs.split(counts))])  # [M*K, D]
         ys = ys * gates.flatten()[order].unsqueeze(1).to(ys.dtype)
         y = flat.new_zeros(flat.shape, dtype=ys.dtype).index_add_(0, token, ys)  # [M, D]; bf16 under autocast

@@ -606,7 +606,7 @@ def TABLE_KEYS(k):  # noqa: N802 (a constant that depends on k)
 
 
 def base_not_ready(overall: dict) -> str | None:
-    """Why RL would show nothing on this base (NOTES.md, "What a prototype showed"), or None.
+    """Why RL would show nothing on this base (docs/traps.md, "The base decides"), or None.
 
     The base must (a) be right most of the time when it thinks as long as the worked solutions,
     (b) choose to think that long at least sometimes, and (c) leave room to improve."""

@@ -1,5 +1,5 @@
 """The full R1 recipe after R1-Zero: cold start, reasoning RL, rejection sampling, SFT, RL again, and
-distillation into a small dense student (R1 §2.3-2.4, [R1v2] §3 and Fig. 2; SPEC 8.3, 8.5, 8.7).
+distillation into a small dense student (R1 §2.3-2.4, [R1v2] §3 and Fig. 2).
 
     stage    what                                                   from           paper
     base     pre-trained model (train.py)                           -              DeepSeek-V3-Base

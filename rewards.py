@@ -1,11 +1,11 @@
 """Rule-based rewards for GRPO: format, accuracy, consistency and the DAPO overlong penalty.
 
-R1 ([R1v1] §2.2.2, [R1v2] eq. 4; SPEC §8.2) trains on two rule-based rewards with equal weights: an
+R1 ([R1v1] §2.2.2, [R1v2] eq. 4) trains on two rule-based rewards with equal weights: an
 accuracy reward (1 if the final answer matches the reference, else 0) and a format reward (reasoning in
 <think>...</think>, then the answer in <answer>...</answer>). `format_weight=0` gives the Dr. GRPO
-choice of no separate format reward (SPEC §7.4); `overlong_cache > 0` adds DAPO's soft overlong
-punishment (SPEC §7.5 point 4). `consistency_weight > 0` adds the toy analogue of R1's
-language-consistency reward (SPEC §8.2): the share of the thinking written in the readable step style
+choice of no separate format reward (Dr. GRPO §3); `overlong_cache > 0` adds DAPO's soft overlong
+punishment (DAPO §3.4). `consistency_weight > 0` adds the toy analogue of R1's
+language-consistency reward (R1 §2.3.2): the share of the thinking written in the readable step style
 of the cold-start data (data/cold_start.py). Every function is a pure function of strings.
 
 A completion is the text generated after the prompt, tags kept:
@@ -14,7 +14,7 @@ Reference answers are integers ("6905", "-12"), reduced fractions ("5/3"), or, f
 target integer ("175") with `numbers=(3, 7, 25, 50)`, each of which the expression must use once.
 
 Model text is hostile input. It is never handed to Python's or sympy's parsers as a string (sympy's
-string parser runs arbitrary code, see NOTES.md): numbers go through one anchored regex, expressions
+string parser runs arbitrary code: docs/traps.md): numbers go through one anchored regex, expressions
 through a character whitelist, length and nesting caps, then `ast` with a node whitelist; only the
 checked tree is turned into Fractions or sympy objects.
 
@@ -107,7 +107,7 @@ _READABLE_STEP = re.compile(r"swap|=[0-9/-]+|[0-9x()+*/-]+(?:=[0-9x()+*/-]+)+(?:
 
 def consistency_reward(completion: str) -> float:
     """The share of the thinking's words that are readable steps, in [0, 1] (R1's language reward:
-    Num(target-language words) / Num(words), SPEC §8.2, with "language" = the readable step style).
+    Num(target-language words) / Num(words), R1 §2.3.2, with "language" = the readable step style).
 
     A line that is exactly one step counts as one readable word; every whitespace-separated word of any
     other line counts as unreadable. The cold-start style scores 1.0, R1-Zero's space-joined steps 0.0,

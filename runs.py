@@ -116,7 +116,7 @@ def autocast(device: torch.device):
     bench` prints the machine and its peaks): a Zen 3 has no native bf16 (matmul 0.33 GFLOP/s, fp32 179);
     an Intel Xeon with avx512_bf16 but no AMX runs bf16 matmuls at half fp32's speed (83 vs 160 GFLOP/s
     on one thread) and trained `tiny` 0.2-0.7x as fast under autocast (measured under load); a Zen 4 with
-    fast bf16 matmuls (416 vs 187) still trained slower under autocast below d = 256 (NOTES.md): the
+    fast bf16 matmuls (416 vs 187) still trained slower under autocast below d = 256 (measured in November 2026): the
     `tiny` and `student` presets r1.py trains by default. Only `--preset small` (d = 256) might gain there
     (~1.3x for a dense model of that width); it stays fp32 too, one CPU dtype everywhere. MPS: fp32, not
     measured.

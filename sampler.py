@@ -4,14 +4,14 @@ Rollouts dominate RL time (R1 paper), so this is the one sampler everything uses
 
   1. prefill: the distinct prompts, left-padded to a common length P, go through the model once
      (pad_mask False on padding; the model gives every prompt the same positions whatever its
-     padding), filling a KVCache (SPEC 2.3: only the normalised latent and the rotary key);
+     padding), filling a KVCache (V3 §2.1.1: only the normalised latent and the rotary key);
   2. the cache is copied G = num_samples times per prompt with `KVCache.index_select` (one
      prefill per group, exactly a GRPO rollout);
   3. decode: one forward of [N, 1] per token for all rows, attending over the cache through the
-     absorbed MLA path (SPEC 2.4). A row stops at eos_id or when its generated tokens end with a
+     absorbed MLA path (V2 §2.1.2, App. C). A row stops at eos_id or when its generated tokens end with a
      stop sequence (the stop token is kept); finished rows then emit nothing (pad, mask False).
 
-Sampling (SPEC 5, 8.7): logits / temperature, then top-k, then nucleus (top-p); temperature 0 is
+Sampling (R1 §3, Supp. D.1): logits / temperature, then top-k, then nucleus (top-p); temperature 0 is
 argmax. R1 evaluates at temperature 0.6, top-p 0.95 and rolls out at temperature 1.
 
 Returned log-probs: log_softmax(logits / T) of each sampled token over the FULL vocabulary, before
@@ -19,7 +19,7 @@ top-k / top-p (T = 1 when greedy). That is exactly what the GRPO training forwar
 pi_theta, so at the first inner step the ratio pi_theta / pi_old is 1 (up to float error) even
 when sampling was filtered. The filtered distribution is only how tokens are chosen.
 
-Self-speculative decoding (SPEC 4.3, `speculative=True`): the MTP module (depth 0) drafts one
+Self-speculative decoding (V3 §2.2 and §5.4.3, `speculative=True`): the MTP module (depth 0) drafts one
 token beyond the main model's next token, and the main model checks it with one forward of 2
 tokens per row. The MTP block keeps its own cache and runs one position behind the main model:
 its input at position i is (main hidden h_i after the final norm, embedding of token i+1), so it

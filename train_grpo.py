@@ -1,4 +1,4 @@
-"""GRPO and the R1-Zero run (R1 §2.2; DeepSeekMath §4.1; SPEC §7).
+"""GRPO and the R1-Zero run (R1 §2.2; DeepSeekMath §4.1).
 
 The objective, per token t of completion i in a group of G completions of one prompt:
 
@@ -7,7 +7,7 @@ The objective, per token t of completion i in a group of G completions of one pr
     term    l_it   = min(rho_it A_i, clip(rho_it, 1 - eps, 1 + eps_high) A_i) - beta * KL_it
     KL      KL_it  = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1   (k3, >= 0; beta = 0 skips pi_ref)
 
-and the loss aggregates -l_it in one of three ways (`loss_type`, SPEC §7.6):
+and the loss aggregates -l_it in one of three ways (`loss_type`, named as in TRL):
 
     grpo     -(1/G) sum_i (1/|o_i|) sum_t l_it       DeepSeekMath / R1 (length-normalised per sequence)
     dapo     -(1 / sum_i |o_i|) sum_i sum_t l_it     token-level (every token counts the same)

@@ -1,4 +1,4 @@
-"""Cold-start data for R1 (R1 §2.3.1, [R1v2] Supp. B.3.2; SPEC 8.3 point 1): a small set of readable
+"""Cold-start data for R1 (R1 §2.3.1, [R1v2] Supp. B.3.2): a small set of readable
 long-reasoning examples, in one fixed style, with a short summary after the reasoning.
 
 R1-Zero's thinking works but reads badly (the paper: poor readability, language mixing). Ours writes

@@ -1,5 +1,5 @@
 """Shared pieces of the toy task families: the `Problem` record, the `Step` record every worked solution is
-made of, and the R1-Zero prompt template (SPEC 8.1) restated compactly.
+made of, and the R1-Zero prompt template (R1 Table 1) restated compactly.
 
 A problem becomes text in two halves, the prompt (what the model is given) and the completion (what it
 should write after "Assistant:"):

@@ -2,7 +2,7 @@
 thinking lengths, from the train split only.
 
 R1-Zero starts RL from a base model that already knows something. Ours learns here, and what it learns
-decides whether GRPO can show "accuracy up, thinking longer" (NOTES.md, "What a prototype showed"). Each
+decides whether GRPO can show "accuracy up, thinking longer" (docs/traps.md, "The base decides"). Each
 completion is one of three modes:
 
     LONG    every step, then the answer       <think>3+2+0=5 6+4+0=10 6+2+1=9 1+5+0=6 0+0+0=0</think><answer>6905</answer>

@@ -9,7 +9,7 @@ Pieces, in the order the pre-tokenizer tries them at each position (one regex, `
       the same way wherever it appears (a BPE would merge digits unevenly);
   (c) any other single character: space, newline, "_", "+", "=", "/", "(", ...
 The four tags are added tokens, one id each (as characters they would cost 7-9 tokens each), registered
-with special=False so that decoding keeps them: the reward reads them (NOTES.md, "Tokenizers").
+with special=False so that decoding keeps them: the reward reads them (docs/traps.md).
 <pad> <unk> <bos> <eos> are special tokens; decode() drops <pad> <bos> <eos>.
 
 Why a word-level model over a closed vocabulary rather than BPE: the texts are machine-generated from a

@@ -131,9 +131,9 @@ def report(name: str, p: dict) -> str:
                   "parallelism over 8 nodes",
                   "  (tokens travel by all-to-all, to at most 4 nodes each), 16-way pipeline parallelism (DualPipe), "
                   "ZeRO-1 data",
-                  "  parallelism, no tensor parallelism, on 2048 H800s (V3 §3.2, SPEC 3.5); R1's rollouts ran on vLLM "
+                  "  parallelism, no tensor parallelism, on 2048 H800s (V3 §3.2); R1's rollouts ran on vLLM "
                   "workers with",
-                  "  expert parallelism and MTP self-speculative decoding (R1 Supp. B.1, SPEC 7.3)."]
+                  "  expert parallelism and MTP self-speculative decoding (R1 Supp. B.1)."]
     return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@
 against a bf16 peak that is not a fast path), the machine line, and that CPU training stays fp32.
 
 The measurements are stubbed (matmul timings, training steps), so the machine the tests run on never
-shows through. Three stand-ins, from NOTES.md and this repo's machines: a Zen 3 without native bf16
+shows through. Three stand-ins, measured on this repo's machines: a Zen 3 without native bf16
 (bf16 540x slower than fp32), an Intel Xeon with avx512_bf16 but no AMX (bf16 at half of fp32) and a
 Zen 4 with fast bf16 (2.2x fp32). Hermetic, CPU-only, a few seconds.
 """

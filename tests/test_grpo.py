@@ -1,4 +1,4 @@
-"""GRPO: advantages and loss against hand-computed numbers, the invariants of SPEC 9.2, a tiny
+"""GRPO: advantages and loss against hand-computed numbers, GRPO's invariants (advantages centred per group, ratio 1 at the first inner step, k3 KL >= 0), a tiny
 end-to-end run on a trivially learnable reward, exact resume, and the R1-Zero pipeline in smoke mode."""
 
 import math

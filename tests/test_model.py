@@ -3,7 +3,7 @@ cache (incremental == full forward, ragged prompts, row copies), the router and 
 the sequence-wise balance loss, MTP alignment and sharing, gradients, parameter counts, configs, init.
 
 Every reference here is written independently of model.py (explicit loops, hand-computed tables, the
-numbers of SPEC.md), never by calling the code path under test a second time. Hermetic and CPU-only;
+numbers of the papers and the released V3 config), never by calling the code path under test a second time. Hermetic and CPU-only;
 equivalence tests run float64 models (`.double()`) with tiny shapes.
 """
 import math
@@ -70,7 +70,7 @@ def ref_rms(x, w, eps=1e-6):
 
 
 def ref_freqs(cfg: ModelConfig) -> list[float]:
-    """RoPE frequencies per pair i: theta^(-2i/R), with YaRN (SPEC 2.6) when max_seq_len > original."""
+    """RoPE frequencies per pair i: theta^(-2i/R), with YaRN (V3 §4.3) when max_seq_len > original."""
     R = cfg.qk_rope_head_dim
     freqs = [cfg.rope_theta ** (-2 * i / R) for i in range(R // 2)]
     if cfg.max_seq_len <= cfg.original_seq_len:
@@ -136,7 +136,7 @@ def ref_mla(attn: MLA, x, positions, freqs):
 
 
 def hand_param_count(cfg: ModelConfig) -> tuple[int, int]:
-    """(main model total, MTP unique) from the config by formula (SPEC 1.4), no module tree."""
+    """(main model total, MTP unique) from the config by formula (from the released V3 config), no module tree."""
     D, H, N, R, V, C, Q = (cfg.dim, cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim,
                            cfg.kv_lora_rank, cfg.q_lora_rank)
     q = D * H * (N + R) if Q == 0 else D * Q + Q + Q * H * (N + R)
@@ -256,7 +256,7 @@ def test_meta_shapes_16b(v2_lite_meta):
 
 
 def test_softmax_scale_and_yarn_numbers_from_spec(v3_meta, v2_lite_meta):
-    """SPEC 2.6: final scale 0.13523 (V3) and 0.11472 (16B); YaRN keeps pairs 0-10, slows 23-31 by 40x."""
+    """YaRN (V3 §4.3): final scale 0.13523 (V3) and 0.11472 (16B); YaRN keeps pairs 0-10, slows 23-31 by 40x."""
     assert v3_meta.layers[0].attn.softmax_scale == pytest.approx(0.13523, abs=1e-5)
     assert v2_lite_meta.layers[0].attn.softmax_scale == pytest.approx(0.11472, abs=1e-5)
     assert MLA(micro_cfg()).softmax_scale == pytest.approx(12 ** -0.5)  # no YaRN: plain 1/sqrt(N+R)
@@ -513,7 +513,7 @@ def test_cache_numel_per_token():
 
 
 def test_kv_cache_bytes_of_reference_presets(v3):
-    assert v3[0]["kv_cache_bytes_bf16"] == 70272  # 576 x 61 x 2 B (SPEC 2.3)
+    assert v3[0]["kv_cache_bytes_bf16"] == 70272  # 576 x 61 x 2 B (V3 §2.1.1: latent + rotary key)
     c16 = count_params(preset("deepseek-v2-lite-16b"))
     assert c16["kv_cache_bytes_bf16"] == 31104
     assert c16["naive_kv_cache_bytes_bf16"] == 276480
@@ -933,7 +933,7 @@ def test_param_counts_671b(v3):
     counts, seconds, model = v3
     assert abs(counts["total"] / 671.03e9 - 1) < 0.005
     assert 36e9 < counts["activated"] < 38.5e9
-    assert abs(counts["mtp"] / 11.6e9 - 1) < 0.02  # SPEC 1.4 (README_WEIGHTS: 11.5B)
+    assert abs(counts["mtp"] / 11.6e9 - 1) < 0.02  # the released weights' README: 11.5B
     assert counts["embedding"] == counts["head"] == 129280 * 7168
     total, mtp = hand_param_count(preset("deepseek-v3-671b"))
     assert counts["total"] == total and counts["mtp"] == mtp
@@ -951,7 +951,7 @@ def test_param_counts_16b():
     assert c["mtp"] == 0 and c["mtp_activated"] == 0
     assert c["total"] == hand_param_count(preset("deepseek-v2-lite-16b"))[0]
     assert c["activated"] == c["total"] - 26 * (64 - 6) * 3 * 2048 * 1408
-    assert 2.3e9 < c["activated"] < 2.8e9  # SPEC 1.4: 2.4-2.7B depending on the embedding
+    assert 2.3e9 < c["activated"] < 2.8e9  # 2.4-2.7B depending on the embedding
 
 
 @pytest.mark.parametrize("name", ["tiny", "small", "student"])
@@ -1093,7 +1093,7 @@ def test_loss_without_moe_or_mtp():
 
 
 def test_mtp_concatenates_embedding_then_hidden():
-    """eh_proj sees [enorm(Emb(t_{i+k})) ; hnorm(h_i)] (the released V3 weights' order, SPEC 4.1)."""
+    """eh_proj sees [enorm(Emb(t_{i+k})) ; hnorm(h_i)] (the released V3 weights' order, V3 §2.2 eq. 21)."""
     m = micro_model()
     D = m.cfg.dim
     torch.manual_seed(16)

@@ -301,7 +301,7 @@ def test_planner_671b_against_hand_arithmetic():
 
     D, V, L, E, F = 7168, 129280, 61, 256, 2048
     expert = 3 * D * F
-    total, mtp = 671_026_404_352, 11_610_067_968  # SPEC 1.4 (and `python r1.py params`)
+    total, mtp = 671_026_404_352, 11_610_067_968  # V3 §4.2: 671B (and `python r1.py params`)
     counts = {"total": total, "mtp": mtp, "embedding": V * D, "head": V * D,
               "activated": total - 58 * (E - 8) * expert, "mtp_activated": mtp - (E - 8) * expert,
               "kv_cache_bytes_bf16": L * (512 + 64) * 2}
