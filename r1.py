@@ -23,7 +23,8 @@
 
 Every stage writes a run directory (runs.py); RUN of ask, eval and sample may also be a story run
 (runs/zero), whose RL model runs/zero/rl is then used. Bad input ends with one line on stderr and exit
-code 2, before any work starts.
+code 2, before any work starts. --overwrite empties only a folder r1 made, a checkpoint never runs code,
+and a killed run resumes exactly with --resume (docs/safety.md).
 """
 
 from __future__ import annotations
@@ -287,14 +288,15 @@ def _open_stage_run(args, stage, model, tok, cfg, extra, device, world, sources)
 def cmd_eval(args):
     from data import prompt
     from evaluate import evaluate, format_table
-    from runs import pick_device, write_json_atomic
+    from runs import check_output_file, pick_device, write_json_atomic
     from train import load_run
 
     _check_sampling(args)
     device = pick_device(args.device)
     run = _model_run(args.run)
     model, tok, _ = load_run(run, device)
-    out = run / "eval.json" if args.json is None else Path(args.json)
+    out = run / "eval.json" if args.json is None else args.json
+    out = check_output_file(out, "--json", overwrite=True, kind="json")  # an earlier eval's results, or new
     _check_writable(out, "--json")
     trained = _trained(run)
     tasks = _tasks(args.tasks) if args.tasks else list(trained)
@@ -313,11 +315,13 @@ def cmd_eval(args):
 def cmd_cold_start(args):
     from data.cold_start import cold_start_set
     from recipe import write_jsonl
+    from runs import check_output_file
 
     _positive(n=args.n)
     if args.n > MAX_EXAMPLES or not 0 <= args.seed <= MAX_INT:
         raise R1Error(f"--n must be at most {MAX_EXAMPLES:,} and --seed in [0, {MAX_INT}]")
     tasks = _tasks(args.tasks)
+    check_output_file(args.out, "--out", overwrite=args.overwrite, kind="jsonl")
     print(f"writing {args.n} readable cold-start examples of {', '.join(tasks)} (train split, seed {args.seed})")
     rows = _value_error(cold_start_set, args.n, tasks=tuple(tasks), seed=args.seed, with_summary=not args.no_summary)
     write_jsonl(rows, args.out, overwrite=args.overwrite)
@@ -327,16 +331,14 @@ def cmd_cold_start(args):
 
 
 def cmd_rejection_sample(args):
-    import json
-
     from recipe import RejectionConfig, describe_rejection, rejection_sample, write_jsonl
-    from runs import pick_device
+    from runs import check_output_file, pick_device, write_json_atomic
     from train import load_run
 
     cfg = config_from_args(RejectionConfig, args)
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise R1Error(f"{out} already exists: pass --overwrite to replace it, or choose another --out")
+    out = check_output_file(args.out, "--out", overwrite=args.overwrite, kind="jsonl")
+    stats_out = check_output_file(out.with_suffix(".stats.json"), "--out's statistics file", overwrite=args.overwrite,
+                                  kind="json")
     device = pick_device(args.device)
     model, tok, _ = load_run(args.run, device)
     rows, stats = rejection_sample(model, tok, cfg, device, quiet=args.quiet)
@@ -344,7 +346,7 @@ def cmd_rejection_sample(args):
     if not rows:
         raise R1Error(f"no sample of {args.run} passed the filters: nothing written to {out}")
     write_jsonl(rows, out, overwrite=args.overwrite)
-    out.with_suffix(".stats.json").write_text(json.dumps(stats, indent=2))
+    write_json_atomic(stats_out, stats)
     print(f"wrote {out} (next: python r1.py sft --data {out} --init BASE --run OUT)")
 
 

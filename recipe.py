@@ -46,7 +46,7 @@ from data import check_task, default_tokenizer, make_problems, prompt
 from data.cold_start import cold_start_set
 from evaluate import evaluate, format_table
 from model import ModelConfig, build_model, count_params, preset
-from runs import MAX_EVAL_K, MAX_EVAL_N, MAX_EXAMPLES, R1Error, autocast, check_numbers, has_checkpoint, load_checkpoint, mark_run_dir, write_text_atomic
+from runs import MAX_EVAL_K, MAX_EVAL_N, MAX_EXAMPLES, R1Error, autocast, check_output_file, check_numbers, has_checkpoint, load_checkpoint, mark_run_dir, write_text_atomic
 from sampler import generate
 from train import (TrainConfig, check_sft_pairs, eval_problems, load_run, pretrain_batches, run_config_and_tokenizer,
                    save_run_files, sft_batches, train_lm)
@@ -157,10 +157,9 @@ def describe_rejection(stats: dict) -> str:
 
 
 def write_jsonl(rows: list[dict], path: str | Path, overwrite: bool = False) -> Path:
-    """Write rows as JSONL atomically; an existing file is kept unless overwrite."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise R1Error(f"{path} already exists: pass --overwrite to replace it, or choose another --out")
+    """Write rows as JSONL atomically; an existing file is replaced only with overwrite, and only when
+    it is a prompt/completion JSONL (runs.check_output_file)."""
+    path = check_output_file(path, "--out", overwrite=overwrite, kind="jsonl")
     if not rows:
         raise R1Error(f"nothing to write to {path}: no example was kept")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -284,6 +284,37 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool, sources=
     return path
 
 
+def check_output_file(path: str | Path, flag: str, *, overwrite: bool, kind: str) -> Path:
+    """A file a command is about to write (--out, --json), checked before the work that fills it: a
+    new file, or (with `overwrite`) one that r1 itself could have written (`kind` "jsonl": rows of
+    prompt/completion; "json": one JSON object). A file of the user's is never replaced."""
+    if not str(path).strip():
+        raise R1Error(f"{flag} is empty: name a file")
+    path = Path(path)
+    if path.is_dir():
+        raise R1Error(f"{flag} {path} is a folder: give a file name")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise R1Error(f"{flag} {path}: {path.parent} is not a folder")
+    if path.exists():
+        if not overwrite:
+            raise R1Error(f"{flag} {path} already exists: pass --overwrite to replace it, or choose another {flag}")
+        if not _written_by_r1(path, kind):
+            raise R1Error(f"{flag} {path} exists and is not a {kind.upper()} file r1 writes: it is not replaced; "
+                          f"choose another {flag}")
+    return path
+
+
+def _written_by_r1(path: Path, kind: str) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8")
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()] if kind == "jsonl" else [json.loads(text)]
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if kind == "json":
+        return isinstance(rows[0], dict)
+    return all(isinstance(r, dict) and "prompt" in r and "completion" in r for r in rows)
+
+
 def mark_run_dir(path: Path) -> Path:
     """Create `path` if needed and mark it as made by r1.py (the stages inside a story or a recipe
     are run directories of their own: each can be evaluated, resumed or overwritten alone)."""

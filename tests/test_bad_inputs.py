@@ -275,6 +275,14 @@ CASES = [
     ("rejection_prompts_huge", ["rejection-sample", "{v}", "--out", "{d}/r.jsonl", "--n-prompts", "100000000"], None,
      "--n-prompts must be at most"),
     ("distill_teacher_missing", ["distill", "--teacher", "{d}/nope", "--run", "{d}/out"], None, "does not exist"),
+    ("cold_start_overwrites_yours", ["cold-start", "--out", "{d}/mine/thesis.tex", "--overwrite", "--n", "2"],
+     precious, "is not a JSONL file r1 writes"),
+    ("rejection_out_is_yours", ["rejection-sample", "{v}", "--out", "{d}/mine/thesis.tex", "--overwrite"], precious,
+     "is not a JSONL file r1 writes"),
+    ("rejection_stats_is_yours", ["rejection-sample", "{v}", "--out", "{d}/mine/new.jsonl", "--overwrite"],
+     lambda d: precious(d) or (d / "mine" / "new.stats.json").write_text("my notes"), "is not a JSON file r1 writes"),
+    ("eval_json_is_yours", ["eval", "{v}", "--n", "1", "--k", "1", "--json", "{d}/mine/thesis.tex", "--device", "cpu"],
+     precious, "is not a JSON file r1 writes"),
     ("eval_json_missing_folder", ["eval", "{v}", "--n", "1", "--k", "1", "--json", "{d}/no/such/e.json",
                                   "--device", "cpu"], None, "does not exist"),
 ]
@@ -375,3 +383,14 @@ def test_torchrun_bad_launch_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error:") for line in err), err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_overwrite_replaces_our_own_outputs(tmp_path, capsys):
+    """--overwrite replaces what r1 wrote (a cold-start JSONL here), and eval's JSON is refreshed in place."""
+    out = tmp_path / "c.jsonl"
+    assert r1.main(["cold-start", "--out", str(out), "--n", "3"]) == 0
+    first = out.read_text()
+    assert r1.main(["cold-start", "--out", str(out), "--n", "3", "--seed", "1"]) == 2  # no --overwrite
+    assert out.read_text() == first
+    assert r1.main(["cold-start", "--out", str(out), "--n", "3", "--seed", "1", "--overwrite"]) == 0
+    assert out.read_text() != first and len(out.read_text().splitlines()) == 3
