@@ -129,17 +129,3 @@ def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: fl
     overall = {key: (mean(vals) if (vals := [t[key] for t in tasks.values() if t.get(key) is not None]) else None)
                for key in sorted(keys)}
     return {"tasks": tasks, "overall": overall, "examples": examples, "k": k}
-
-
-def format_table(rows: dict[str, dict], keys: list[str]) -> str:
-    """A plain-text table: one row per name, one column per key (percentages for rates)."""
-    name_w = max([18] + [len(name) + 1 for name in rows])
-    width = {k: max(11, len(k) + 1) for k in keys}
-    lines = [" " * name_w + "".join(f"{k:>{width[k]}}" for k in keys)]
-    for name, r in rows.items():
-        cells = []
-        for k in keys:
-            v, w = r.get(k), width[k]
-            cells.append(f"{'-':>{w}}" if v is None else (f"{100 * v:>{w - 1}.1f}%" if "len" not in k else f"{v:>{w}.1f}"))
-        lines.append(f"{name:<{name_w}}" + "".join(cells))
-    return "\n".join(lines)

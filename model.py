@@ -731,3 +731,21 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     matmul_params = c["activated"] - c["embedding"] + c["mtp_activated"]
     attn = (cfg.n_layers + cfg.mtp_depth) * cfg.n_heads * (cfg.qk_head_dim + cfg.v_head_dim) * seq_len  # causal avg ~ T/2, x2 flops
     return 3 * (2 * matmul_params + attn)
+
+
+def activation_numbers(cfg: ModelConfig, moe: bool) -> int:
+    """Numbers autograd keeps per token for one block (MLA + FFN), without recomputation: the
+    activation memory of training (scale/plan.py's planner, runs.check_memory)."""
+    H, D = cfg.n_heads, cfg.dim
+    qk, v = cfg.qk_head_dim, cfg.v_head_dim
+    attn = (2 * D  # block input, normed input
+            + cfg.q_lora_rank  # query latent (0 = full-rank query)
+            + cfg.kv_lora_rank + cfg.qk_rope_head_dim  # kv latent and rotary key
+            + 2 * H * qk + H * v  # per-head q, k, v
+            + H * v)  # attention output (input of wo)
+    if moe:
+        F, K, S, E = cfg.moe_inter_dim, cfg.n_activated_experts, cfg.n_shared_experts, cfg.n_routed_experts
+        ffn = 2 * D + E + K * (D + 3 * F) + 3 * S * F  # input, normed, router scores, K routed + shared SwiGLUs
+    else:
+        ffn = 2 * D + 3 * cfg.inter_dim  # input, normed, w1/w3 outputs and their product
+    return attn + ffn

@@ -116,6 +116,8 @@ CONFIG_HELP = {
         "consistency_weight": "weight of the readability (language-consistency) reward (>= 0; 0 = R1-Zero)",
         "dynamic_sampling": "drop groups whose rewards are all equal, they carry no signal (DAPO; true/false)",
         "mask_truncated_completions": "no loss on completions cut at max-completion-length (DAPO; true/false)",
+        "overlong_cache": "DAPO's soft overlong punishment: the reward falls linearly to -1 over the last N tokens "
+                          "before max-completion-length (0 = off; below max-completion-length)",
         "ref_reset_every": "with beta > 0, the reference becomes the current policy every N steps (>= 1; R1: 400)",
         "grad_clip": "clip the gradient norm to this (> 0)",
         "weight_decay": "AdamW weight decay (>= 0)",
@@ -209,30 +211,23 @@ def add_sampling_args(p):
 
 
 def cmd_pretrain(args, world=None):
-    """`world`: the processes training together (scale/train.py); None = this process alone."""
-    from data import check_task, default_tokenizer
+    """`world`: the processes training together (scale/launch.py); None = this process alone."""
+    from data import default_tokenizer
     from model import preset
-    from runs import World, check_memory, has_checkpoint, prepare_run_dir
-    from train import TrainConfig, check_resume_config, pretrain_batches, save_run_files, train_lm
+    from runs import World, check_memory, open_run
+    from train import TrainConfig, pretrain_batches, train_lm
 
     world = world or World()
     cfg = config_from_args(TrainConfig, args)
-    for t in cfg.tasks:
-        _value_error(check_task, t)
     device = world.pick_device(args.device)
     tok = default_tokenizer()
     model_cfg = _value_error(preset, args.preset, vocab_size=tok.vocab_size)
     check_memory(model_cfg, device, train_rows=cfg.batch_size // world.world_size, seq=model_cfg.max_seq_len,
                  what=f"pre-training --preset {args.preset} with --batch-size {cfg.batch_size}")
-    run = world.on_main(prepare_run_dir, args.run, resume=args.resume, overwrite=args.overwrite)
-    state = None
-    if args.resume and (run / "config.json").exists():
-        world.on_main(check_resume_config, run, model_cfg, dataclasses.asdict(cfg), "pretrain")
-    if args.resume and has_checkpoint(run):
-        model, tok, state = world.load_run(run, device)
-    else:  # a new run, or one killed before its first checkpoint: started from step 0
-        world.on_main(save_run_files, run, model_cfg, tok, "pretrain", dataclasses.asdict(cfg), {"preset": args.preset})
-        model = world.build_model(model_cfg, device, seed=cfg.seed)
+    run, model, tok, state = open_run(args.run, "pretrain", model_cfg, cfg, device,
+                                      new=lambda: (world.build_model(model_cfg, device, seed=cfg.seed), tok),
+                                      resume=args.resume, overwrite=args.overwrite, extra={"preset": args.preset},
+                                      world=world)
     _print_config(model_cfg, cfg, run, args.quiet or not world.is_main)
     last = train_lm(run, model, tok, cfg, pretrain_batches(cfg), device, state, quiet=args.quiet, world=world)
     if world.is_main:
@@ -240,20 +235,21 @@ def cmd_pretrain(args, world=None):
 
 
 def cmd_sft(args, world=None):
-    from runs import World, check_memory
+    from runs import World, check_memory, default_run, open_run
     from train import TrainConfig, check_sft_pairs, read_jsonl, sft_batches, train_lm
 
     world = world or World()
     cfg = config_from_args(TrainConfig, args, completion_only=True)
     pairs = read_jsonl(args.data)
     device = world.pick_device(args.device)
-    _default_run_from_init(args, "sft")
-    model, tok, _ = world.load_run(args.init, device)
+    args.run = default_run(args.init, "sft", args.run)
+    init, tok, _ = world.load_run(args.init, device)
     check_sft_pairs(pairs, tok, args.data)
-    check_memory(model.cfg, device, train_rows=cfg.batch_size // world.world_size, seq=model.cfg.max_seq_len,
+    check_memory(init.cfg, device, train_rows=cfg.batch_size // world.world_size, seq=init.cfg.max_seq_len,
                  what=f"SFT with --batch-size {cfg.batch_size}")
-    run, model, tok, state = _open_stage_run(args, "sft", model, tok, cfg, {"data": str(args.data)}, device, world,
-                                             sources=(args.init, args.data))
+    run, model, tok, state = open_run(args.run, "sft", init.cfg, cfg, device, new=lambda: (init, tok),
+                                      resume=args.resume, overwrite=args.overwrite, sources=(args.init, args.data),
+                                      extra={"init": str(args.init), "data": str(args.data)}, world=world)
     _print_config(model.cfg, cfg, run, args.quiet or not world.is_main)
     last = train_lm(run, model, tok, cfg, sft_batches(pairs, cfg), device, state, quiet=args.quiet, stage="sft",
                     world=world)
@@ -261,35 +257,12 @@ def cmd_sft(args, world=None):
         print(f"done: {run} (step {last.get('step')}, loss {last.get('loss', float('nan')):.4f})")
 
 
-def _default_run_from_init(args, stage: str):
-    """--run defaults to INIT-stage beside INIT; it may never be INIT itself."""
-    if args.run is None:
-        args.run = str(Path(args.init).parent / (Path(args.init).name + "-" + stage))
-    if Path(args.run).resolve() == Path(args.init).resolve():
-        raise R1Error(f"--run must differ from --init: {stage} writes a new run and never overwrites its start point")
-
-
-def _open_stage_run(args, stage, model, tok, cfg, extra, device, world, sources):
-    """The run directory of a stage that starts from --init: a new one (configs and tokenizer written),
-    or, with --resume, the existing one continued with the same options (from step 0 if it was
-    killed before its first checkpoint). --overwrite never empties a folder holding `sources`."""
-    from runs import has_checkpoint, prepare_run_dir
-    from train import check_resume_config, save_run_files
-
-    run = world.on_main(prepare_run_dir, args.run, resume=args.resume, overwrite=args.overwrite, sources=sources)
-    if args.resume and (run / "config.json").exists():
-        world.on_main(check_resume_config, run, model.cfg, dataclasses.asdict(cfg), stage)
-    if args.resume and has_checkpoint(run):
-        return (run, *world.load_run(run, device))
-    world.on_main(save_run_files, run, model.cfg, tok, stage, dataclasses.asdict(cfg), {"init": str(args.init), **extra})
-    return run, model, tok, None
-
-
 def cmd_eval(args):
     from data import prompt
-    from evaluate import evaluate, format_table
+    from evaluate import evaluate
+    from report import format_table, table_keys
     from runs import check_output_file, pick_device, write_json_atomic
-    from train import load_run
+    from runs import load_run
 
     _check_sampling(args)
     device = pick_device(args.device)
@@ -306,8 +279,7 @@ def cmd_eval(args):
           f"T={args.temperature}, top-p {args.top_p}, and greedy")
     res = evaluate(model, tok, problems, k=args.k, temperature=args.temperature, top_p=args.top_p,
                    max_new_tokens=args.max_new_tokens, seed=args.seed, progress=True)
-    keys = ["pass@1", f"cons@{args.k}", f"pass@{args.k}", "greedy", "format", "consistency", "think_len"]
-    print(format_table(res["tasks"] | {"overall": res["overall"]}, keys))
+    print(format_table(res["tasks"] | {"overall": res["overall"]}, table_keys(args.k, protocol=True)))
     write_json_atomic(out, {k: v for k, v in res.items() if k != "examples"})
     print(f"wrote {out}")
 
@@ -333,7 +305,7 @@ def cmd_cold_start(args):
 def cmd_rejection_sample(args):
     from recipe import RejectionConfig, describe_rejection, rejection_sample, write_jsonl
     from runs import check_output_file, pick_device, write_json_atomic
-    from train import load_run
+    from runs import load_run
 
     cfg = config_from_args(RejectionConfig, args)
     out = check_output_file(args.out, "--out", overwrite=args.overwrite, kind="jsonl")
@@ -359,7 +331,8 @@ def _recipe_config(args):
 
 
 def cmd_distill(args):
-    from recipe import Stopwatch, check_distill, distill, format_table, rows_by_task, table_keys
+    from recipe import Stopwatch, check_distill, distill
+    from report import format_table, rows_by_task, table_keys
     from runs import pick_device, prepare_run_dir
 
     cfg = _recipe_config(args)
@@ -377,30 +350,27 @@ def cmd_distill(args):
 
 
 def cmd_recipe(args):
-    """The R1-Zero run (reused with --zero, else made in RUN/zero), then recipe.run_recipe."""
-    from argparse import Namespace
-
-    from recipe import Stopwatch, run_recipe
+    """The R1-Zero story (reused with --zero, else run in RUN/zero), then recipe.run_recipe."""
+    from recipe import Stopwatch, run_recipe, zero
     from runs import load_checkpoint, pick_device, prepare_run_dir
 
     cfg = _recipe_config(args)
-    zero = Path(args.zero) if args.zero else None
-    if zero is not None:
+    zero_run = Path(args.zero) if args.zero else None
+    if zero_run is not None:
         for part in ("base", "rl"):
-            load_checkpoint(zero / part)
+            load_checkpoint(zero_run / part)
     student_base = Path(args.student_base) if args.student_base else None
     if student_base is not None:
         load_checkpoint(student_base)
     device = pick_device(args.device)
     run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite, sources=(args.zero, args.student_base))
     clock = Stopwatch(args.quiet)
-    if zero is None:
-        zero = run / "zero"
-        clock.stage("R1-Zero", f"the R1-Zero story (python r1.py) -> {zero}")
-        cmd_zero(Namespace(run=str(zero), resume=(zero / "base").exists(), overwrite=False, device=args.device,
-                           preset="tiny", seed=cfg.seed, k=cfg.eval_k, n=cfg.eval_n, skip_base_check=False,
-                           smoke=cfg.smoke, quiet=args.quiet))
-    run_recipe(run, zero, cfg, device, args.quiet, student_base, clock)
+    if zero_run is None:
+        zero_run = run / "zero"
+        clock.stage("R1-Zero", f"the R1-Zero story (python r1.py) -> {zero_run}")
+        zero(zero_run, seed=cfg.seed, k=cfg.eval_k, n=cfg.eval_n, smoke=cfg.smoke, device=device,
+             resume=(zero_run / "base").exists(), quiet=args.quiet)
+    run_recipe(run, zero_run, cfg, device, args.quiet, student_base, clock)
 
 
 def cmd_sample(args):
@@ -410,7 +380,7 @@ def cmd_sample(args):
     from evaluate import score
     from runs import pick_device
     from sampler import generate
-    from train import load_run
+    from runs import load_run
 
     _check_sampling(args)
     device = pick_device(args.device)
@@ -438,10 +408,10 @@ def cmd_ask(args):
     trained on, the thinking is printed as it is sampled, and the answer is checked."""
     import torch
 
-    from ask import answers, problem_for, think, verdict
+    from tools.ask import answers, problem_for, think, verdict
     from data import prompt
     from runs import pick_device
-    from train import load_run
+    from runs import load_run
 
     _check_sampling(args)
     device = pick_device(args.device)
@@ -473,7 +443,7 @@ def cmd_ask(args):
 def _typed_questions(run, trained):
     """Questions from stdin, one a line: at a terminal with a prompt, until an empty line, "quit" or
     end of input; from a pipe or file, every non-empty line until its end (or "quit")."""
-    from ask import answers
+    from tools.ask import answers
 
     tty = sys.stdin.isatty()
     if tty:
@@ -493,20 +463,22 @@ def _typed_questions(run, trained):
 
 
 def cmd_grpo(args, world=None):
-    from runs import World, check_memory
+    from runs import World, check_memory, default_run, open_run
     from train_grpo import GRPOConfig, train_grpo
 
     world = world or World()
     cfg = config_from_args(GRPOConfig, args)
     device = world.pick_device(args.device)
-    _default_run_from_init(args, "grpo")
-    model, tok, _ = world.load_run(args.init, device)
-    cfg.check_fits(model.cfg)
-    check_memory(model.cfg, device, train_rows=cfg.prompts_per_step * cfg.num_generations // world.world_size,
-                 seq=model.cfg.max_seq_len, cache_rows=cfg.prompts_per_step * cfg.num_generations,
+    args.run = default_run(args.init, "grpo", args.run)
+    init, tok, _ = world.load_run(args.init, device)
+    cfg.check_fits(init.cfg)
+    rows = cfg.prompts_per_step * cfg.num_generations
+    check_memory(init.cfg, device, train_rows=rows // world.world_size, seq=init.cfg.max_seq_len, cache_rows=rows,
                  models=2 if cfg.beta > 0 else 1, what=f"GRPO with {cfg.prompts_per_step} x {cfg.num_generations} "
                  f"samples a step")
-    run, model, tok, state = _open_stage_run(args, "grpo", model, tok, cfg, {}, device, world, sources=(args.init,))
+    run, model, tok, state = open_run(args.run, "grpo", init.cfg, cfg, device, new=lambda: (init, tok),
+                                      resume=args.resume, overwrite=args.overwrite, sources=(args.init,),
+                                      extra={"init": str(args.init)}, world=world)
     _print_config(model.cfg, cfg, run, args.quiet or not world.is_main)
     last = train_grpo(run, model, tok, cfg, device, state, quiet=args.quiet, world=world)
     if world.is_main:
@@ -514,122 +486,13 @@ def cmd_grpo(args, world=None):
 
 
 def cmd_zero(args):
-    """The R1-Zero story: tokenizer -> base model -> base eval and check -> GRPO -> eval -> report."""
-    import json
-    import time
+    """The R1-Zero story (recipe.zero): base model, base check, GRPO, evaluations, report."""
+    from recipe import zero
+    from runs import pick_device
 
-    from data import default_tokenizer
-    from evaluate import evaluate, format_table
-    from model import build_model, preset
-    from report import plot_run
-    from runs import check_memory, has_checkpoint, load_checkpoint, mark_run_dir, pick_device, prepare_run_dir
-    from train import (TrainConfig, check_resume_config, eval_problems, load_run, pretrain_batches, save_run_files,
-                       train_lm)
-    from train_grpo import GRPOConfig, train_grpo
-
-    t_start = time.perf_counter()
-    smoke = args.smoke
-    pre = TrainConfig(seed=args.seed, **({"steps": 10, "batch_size": 8, "eval_every": 0, "eval_n": 4, "ckpt_every": 0}
-                                         if smoke else {}))
-    k, n = (2, 4) if smoke else (args.k, args.n)
-    rl = GRPOConfig(seed=args.seed, **({"steps": 2, "prompts_per_step": 2, "num_generations": 4, "eval_every": 0,
-                                        "eval_n": 4, "eval_k": 2, "ckpt_every": 0, "max_completion_length": 24}
-                                       if smoke else {}))
-    if not (1 <= n <= MAX_EVAL_N and 1 <= k <= MAX_EVAL_K):
-        raise R1Error(f"--n must be in 1..{MAX_EVAL_N} held-out problems and --k in 1..{MAX_EVAL_K} samples, got {n}, {k}")
-    device = pick_device(args.device)
-    tok = default_tokenizer()
-    model_cfg = _value_error(preset, args.preset, vocab_size=tok.vocab_size)
-    check_memory(model_cfg, device, train_rows=max(pre.batch_size, rl.prompts_per_step * rl.num_generations),
-                 seq=model_cfg.max_seq_len, what=f"the R1-Zero story with --preset {args.preset}")
-    run = prepare_run_dir(args.run, resume=args.resume, overwrite=args.overwrite)
-    base_dir, rl_dir = run / "base", run / "rl"
-    if args.resume:  # the story's stages must continue with the options they were started with
-        for stage_dir, stage, cfg in ((base_dir, "pretrain", pre), (rl_dir, "grpo", rl)):
-            if (stage_dir / "config.json").exists():
-                check_resume_config(stage_dir, model_cfg, dataclasses.asdict(cfg), stage)
-
-    # 1. the base model (pre-training on the task corpus; resumed or skipped if already there)
-    print(f"== 1/4 pre-training the base model ({pre.steps} steps) -> {base_dir}")
-    done = has_checkpoint(base_dir) and load_checkpoint(base_dir)["step"] >= pre.steps
-    if not done:
-        state = None
-        if has_checkpoint(base_dir):
-            model, tok, state = load_run(base_dir, device)
-        else:
-            mark_run_dir(base_dir)
-            save_run_files(base_dir, model_cfg, tok, "pretrain", dataclasses.asdict(pre), {"preset": args.preset})
-            model = build_model(model_cfg, device=device, seed=args.seed)
-        train_lm(base_dir, model, tok, pre, pretrain_batches(pre), device, state, quiet=args.quiet)
-    model, tok, _ = load_run(base_dir, device)
-    problems = eval_problems(rl.tasks, n, rl.difficulty)
-
-    # 2. evaluate the base, and check that RL has something to work with
-    print(f"== 2/4 evaluating the base model ({n} held-out problems x {k} samples, T=0.6, top-p 0.95)")
-    base = evaluate(model, tok, problems, k=k, max_new_tokens=rl.max_completion_length, seed=args.seed,
-                    progress=not args.quiet)
-    print(format_table(base["tasks"], TABLE_KEYS(k)))
-    problem = base_not_ready(base["overall"])
-    if problem and not smoke and not args.skip_base_check:
-        raise R1Error(f"the base model is not ready for RL: {problem}. Pre-train longer or with another "
-                      f"--seed (see README, FAQ), or pass --skip-base-check to run RL anyway")
-
-    # 3. GRPO from the base
-    print(f"== 3/4 GRPO ({rl.steps} steps x {rl.prompts_per_step} prompts x {rl.num_generations} samples) -> {rl_dir}")
-    state = None
-    if has_checkpoint(rl_dir):
-        model, tok, state = load_run(rl_dir, device)
-    else:
-        mark_run_dir(rl_dir)
-        save_run_files(rl_dir, model.cfg, tok, "grpo", dataclasses.asdict(rl), {"init": str(base_dir)})
-    if state is None or state["step"] < rl.steps:
-        train_grpo(rl_dir, model, tok, rl, device, state, quiet=args.quiet)
-    model, tok, _ = load_run(rl_dir, device)
-
-    # 4. evaluate again, then the table, report.md and the plots
-    print("== 4/4 evaluating after GRPO")
-    after = evaluate(model, tok, problems, k=k, max_new_tokens=rl.max_completion_length, seed=args.seed,
-                     progress=not args.quiet)
-    rows = {f"base {t}": r for t, r in base["tasks"].items()} | {f"R1-Zero {t}": r for t, r in after["tasks"].items()}
-    table = format_table(rows, TABLE_KEYS(k))
-    print(table)
-    plots = plot_run(run, base_eval={t: r["pass@1"] for t, r in base["tasks"].items()})
-    wall = time.perf_counter() - t_start
-    summary = {"seed": args.seed, "wall_s": wall, "base": base["tasks"], "r1_zero": after["tasks"],
-               "pretrain": dataclasses.asdict(pre), "grpo": dataclasses.asdict(rl)}
-    (run / "results.json").write_text(json.dumps(summary, indent=2))
-    write_report(run, table, base, after, wall, plots)
-    print(f"wrote {run / 'report.md'}, {run / 'results.json'} and {', '.join(str(p) for p in plots)} "
-          f"({wall:.0f} s in all)")
-
-
-def TABLE_KEYS(k):  # noqa: N802 (a constant that depends on k)
-    return ["pass@1", f"cons@{k}", "format", "think_len", "len", "full_think"]
-
-
-def base_not_ready(overall: dict) -> str | None:
-    """Why RL would show nothing on this base (docs/traps.md, "The base decides"), or None.
-
-    The base must (a) be right most of the time when it thinks as long as the worked solutions,
-    (b) choose to think that long at least sometimes, and (c) leave room to improve."""
-    acc_full, rate, p1 = overall.get("acc_full_think"), overall.get("full_think"), overall.get("pass@1")
-    if acc_full is None or acc_full < 0.6:
-        return f"when it thinks fully it is right only {100 * (acc_full or 0):.0f}% of the time (need >= 60%)"
-    if rate < 0.05:
-        return f"it thinks fully in only {100 * rate:.0f}% of samples (need >= 5%)"
-    if p1 > 0.85:
-        return f"its pass@1 is already {100 * p1:.0f}%: nothing left for RL to show"
-    return None
-
-
-def write_report(run, table, base, after, wall, plots):
-    ex = "\n".join(f"    {p.splitlines()[-2]}\n    Assistant:{c}   [{'right' if ok else 'wrong'}]"
-                    for p, c, ok in after["examples"][:4])
-    text = (f"# R1-Zero run: {run}\n\nWall time {wall:.0f} s. Held-out problems, k samples each at "
-            f"T=0.6, top-p 0.95 (`python r1.py eval` gives the same protocol).\n\n```\n{table}\n```\n\n"
-            + "".join(f"![{p.stem}](plots/{p.name})\n" for p in plots)
-            + f"\nCompletions after GRPO:\n\n{ex}\n")
-    (run / "report.md").write_text(text)
+    zero(args.run, seed=args.seed, preset_name=args.preset, k=args.k, n=args.n, smoke=args.smoke,
+         skip_base_check=args.skip_base_check, device=pick_device(args.device), resume=args.resume,
+         overwrite=args.overwrite, quiet=args.quiet)
 
 
 def cmd_plot(args):
@@ -649,20 +512,20 @@ def cmd_plot(args):
 
 
 def cmd_bench(args):
-    import bench
+    from tools import bench
 
     bench.main(args.only, compile=args.compile, run=args.run)
 
 
 def cmd_export(args):
-    from interop import export_hf
+    from tools.interop import export_hf
 
     out = export_hf(args.run, args.hf, overwrite=args.overwrite)
     print(f"wrote a Hugging Face DeepSeek-V3 folder: {out}")
 
 
 def cmd_import(args):
-    from interop import import_hf
+    from tools.interop import import_hf
 
     out = import_hf(args.hf_dir, args.out, overwrite=args.overwrite)
     print(f"wrote run {out} (use it with grpo, sft, eval or sample)")
@@ -761,7 +624,7 @@ def _model_run(run: str) -> Path:
 def _trained(run: Path) -> dict[str, int]:
     """{task: difficulty} the run's model was trained on (ask.trained_on), or, when its config.json
     does not say (an imported model), every task at its default difficulty."""
-    from ask import trained_on
+    from tools.ask import trained_on
     from data import DEFAULT_DIFFICULTY
 
     trained = trained_on(run)

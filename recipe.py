@@ -1,5 +1,6 @@
-"""The full R1 recipe after R1-Zero: cold start, reasoning RL, rejection sampling, SFT, RL again, and
-distillation into a small dense student (R1 §2.3-2.4, [R1v2] §3 and Fig. 2).
+"""The experiments of the paper in its order: the R1-Zero story (R1 §2.2; `python r1.py`), then the
+full R1 recipe after it: cold start, reasoning RL, rejection sampling, SFT, RL again, and distillation
+into a small dense student (R1 §2.3-2.4, [R1v2] §3 and Fig. 2).
 
     stage    what                                                   from           paper
     base     pre-trained model (train.py)                           -              DeepSeek-V3-Base
@@ -27,6 +28,7 @@ final RL stage uses the reasoning rewards only; SFT steps, not epochs, set the l
 the student's base is pre-trained here on the same corpus as the teacher's (the paper's students are
 Qwen/Llama bases pre-trained elsewhere).
 
+    python r1.py                                                (the R1-Zero story: zero())
     python r1.py recipe --zero runs/zero --run runs/recipe      (reuse an R1-Zero run's base and RL)
     python r1.py rejection-sample runs/recipe/dev2 --out runs/dev3.jsonl
     python r1.py distill --teacher runs/recipe/r1 --student-preset student --run runs/distill
@@ -42,15 +44,183 @@ from pathlib import Path
 import torch
 
 import rewards
-from data import check_task, default_tokenizer, make_problems, prompt
+from data import check_task, default_tokenizer, eval_problems, make_problems, prompt
 from data.cold_start import cold_start_set
-from evaluate import evaluate, format_table
+from evaluate import evaluate
 from model import ModelConfig, build_model, count_params, preset
-from runs import MAX_EVAL_K, MAX_EVAL_N, MAX_EXAMPLES, R1Error, autocast, check_output_file, check_numbers, has_checkpoint, load_checkpoint, mark_run_dir, write_text_atomic
+from report import format_table, markdown_table, plot_run, rows_by_task, table_keys, write_story_report
+from runs import (MAX_EVAL_K, MAX_EVAL_N, MAX_EXAMPLES, R1Error, autocast, check_memory, check_numbers,
+                  check_output_file, check_resume_config, has_checkpoint, load_checkpoint, load_run, mark_run_dir,
+                  open_run, prepare_run_dir, run_config_and_tokenizer, write_json_atomic, write_text_atomic)
 from sampler import generate
-from train import (TrainConfig, check_sft_pairs, eval_problems, load_run, pretrain_batches, run_config_and_tokenizer,
-                   save_run_files, sft_batches, train_lm)
+from train import TrainConfig, check_sft_pairs, pretrain_batches, sft_batches, train_lm
 from train_grpo import GRPOConfig, train_grpo
+
+
+# --------------------------------------------------------------------------------------------
+# Stages: each writes one run directory, resumes an unfinished one and skips a finished one
+# --------------------------------------------------------------------------------------------
+
+
+def _begun(run: Path) -> bool:
+    return run.is_dir() and any(run.iterdir())
+
+
+def _finished(run: Path, steps: int) -> bool:
+    return has_checkpoint(run) and load_checkpoint(run)["step"] >= steps
+
+
+def sft_stage(init: Path, run: Path, pairs: list[tuple[str, str]], cfg: TrainConfig, device, quiet: bool,
+              data: str = "") -> Path:
+    """SFT (loss on completions) of the model in `init` on `pairs`, into `run`; skipped when finished."""
+    if _finished(run, cfg.steps):
+        return run
+    start, tok, _ = load_run(init, device)
+    check_sft_pairs(pairs, tok, data or "SFT data")
+    run, model, tok, state = open_run(run, "sft", start.cfg, cfg, device, new=lambda: (start, tok),
+                                      resume=_begun(run), extra={"init": str(init), "data": data})
+    train_lm(run, model, tok, cfg, sft_batches(pairs, cfg), device, state, quiet=quiet, stage="sft")
+    return run
+
+
+def grpo_stage(init: Path, run: Path, cfg: GRPOConfig, device, quiet: bool) -> Path:
+    """GRPO from the model in `init`, into `run`; skipped when finished."""
+    if _finished(run, cfg.steps):
+        return run
+    start, tok, _ = load_run(init, device)
+    cfg.check_fits(start.cfg)
+    run, model, tok, state = open_run(run, "grpo", start.cfg, cfg, device, new=lambda: (start, tok),
+                                      resume=_begun(run), extra={"init": str(init)})
+    train_grpo(run, model, tok, cfg, device, state, quiet=quiet)
+    return run
+
+
+def pretrain_stage(run: Path, model_cfg: ModelConfig, cfg: TrainConfig, device, quiet: bool, preset_name: str) -> Path:
+    """Pre-training from scratch (a base: the story's, the student's) on the task corpus; skipped when finished."""
+    if _finished(run, cfg.steps):
+        return run
+    tok = default_tokenizer()
+    run, model, tok, state = open_run(run, "pretrain", model_cfg, cfg, device,
+                                      new=lambda: (build_model(model_cfg, device=device, seed=cfg.seed), tok),
+                                      resume=_begun(run), extra={"preset": preset_name})
+    train_lm(run, model, tok, cfg, pretrain_batches(cfg), device, state, quiet=quiet)
+    return run
+
+
+def rejection_stage(teacher: Path, out: Path, cfg: RejectionConfig, device, quiet: bool,
+                    smoke: bool = False) -> tuple[list, dict]:
+    """Rejection-sample `teacher` into the JSONL `out` (reused if already there); (rows, stats).
+    Keeping nothing is an error, except in smoke mode (an untrained teacher is never right), where the
+    cold-start set stands in so that the later stages still run."""
+    stats_path = out.with_suffix(".stats.json")
+    if out.exists() and stats_path.exists():
+        rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+        return rows, json.loads(stats_path.read_text())
+    model, tok, _ = load_run(teacher, device)
+    rows, stats = rejection_sample(model, tok, cfg, device, quiet=quiet)
+    if not rows and smoke:
+        print("   smoke mode: no sample kept; the cold-start set stands in", flush=True)
+        rows = cold_start_set(cfg.n_prompts, tasks=cfg.tasks, seed=cfg.seed)
+    elif not rows:
+        raise R1Error(f"rejection sampling kept no sample of {teacher}: {describe_rejection(stats)}")
+    write_jsonl(rows, out, overwrite=True)
+    stats_path.write_text(json.dumps(stats, indent=2))
+    return rows, stats
+
+
+# --------------------------------------------------------------------------------------------
+# The R1-Zero story (R1 §2.2): a base, its check, GRPO, the evaluations, the report
+# --------------------------------------------------------------------------------------------
+
+# The sizes of a smoke run (`--smoke`): every stage for a few steps, so the tests see every code path
+# in seconds; the numbers it prints mean nothing. One place for all of them.
+SMOKE = {
+    "pretrain": dict(steps=10, batch_size=8, eval_every=0, eval_n=4, ckpt_every=0),
+    "grpo": dict(steps=2, prompts_per_step=2, num_generations=4, eval_every=0, eval_n=4, eval_k=2, ckpt_every=0,
+                 max_completion_length=24),
+    "eval": dict(k=2, n=4),
+    "recipe": dict(cold_start_n=8, sft_batch_size=4, cold_start_steps=2, rl_steps=2, final_rl_steps=1,
+                   max_completion_length=24, rs_prompts=4, rs_k=2, dev3_steps=2, student_pretrain_steps=3,
+                   distill_steps=2, student_rl_steps=1, eval_k=2, eval_n=3),
+    "recipe_rl": dict(prompts_per_step=2, num_generations=2, dump_every=0),
+    "recipe_pretrain": dict(batch_size=4, eval_every=0, eval_n=2, ckpt_every=0),
+}
+
+
+def zero(run, *, seed: int = 0, preset_name: str = "tiny", k: int = 8, n: int = 100, smoke: bool = False,
+         skip_base_check: bool = False, device="cpu", resume: bool = False, overwrite: bool = False,
+         quiet: bool = False) -> dict:
+    """The R1-Zero story (`python r1.py`): tokenizer -> base model (run/base) -> base evaluation and
+    check -> GRPO (run/rl) -> evaluation -> table, results.json, report.md and plots. A stage already
+    finished is skipped; --resume continues the story with the options it was started with."""
+    t_start = time.perf_counter()
+    pre = TrainConfig(seed=seed, **(SMOKE["pretrain"] if smoke else {}))
+    rl = GRPOConfig(seed=seed, **(SMOKE["grpo"] if smoke else {}))
+    k, n = (SMOKE["eval"]["k"], SMOKE["eval"]["n"]) if smoke else (k, n)
+    if not (1 <= n <= MAX_EVAL_N and 1 <= k <= MAX_EVAL_K):
+        raise R1Error(f"--n must be in 1..{MAX_EVAL_N} held-out problems and --k in 1..{MAX_EVAL_K} samples, got {n}, {k}")
+    tok = default_tokenizer()
+    try:
+        model_cfg = preset(preset_name, vocab_size=tok.vocab_size)
+    except ValueError as e:
+        raise R1Error(str(e)) from None
+    check_memory(model_cfg, device, train_rows=max(pre.batch_size, rl.prompts_per_step * rl.num_generations),
+                 seq=model_cfg.max_seq_len, what=f"the R1-Zero story with --preset {preset_name}")
+    run = prepare_run_dir(run, resume=resume, overwrite=overwrite)
+    base_dir, rl_dir = run / "base", run / "rl"
+    if resume:  # the story's stages must continue with the options they were started with
+        for stage_dir, stage, cfg in ((base_dir, "pretrain", pre), (rl_dir, "grpo", rl)):
+            if (stage_dir / "config.json").exists():
+                check_resume_config(stage_dir, model_cfg, asdict(cfg), stage)
+
+    # 1. the base model (pre-training on the task corpus; resumed, or skipped when finished)
+    print(f"== 1/4 pre-training the base model ({pre.steps} steps) -> {base_dir}")
+    pretrain_stage(base_dir, model_cfg, pre, device, quiet, preset_name)
+    model, tok, _ = load_run(base_dir, device)
+    problems = eval_problems(rl.tasks, n, rl.difficulty)
+
+    # 2. evaluate the base, and check that RL has something to work with
+    print(f"== 2/4 evaluating the base model ({n} held-out problems x {k} samples, T=0.6, top-p 0.95)")
+    base = evaluate(model, tok, problems, k=k, max_new_tokens=rl.max_completion_length, seed=seed, progress=not quiet)
+    print(format_table(base["tasks"], table_keys(k)))
+    problem = base_not_ready(base["overall"])
+    if problem and not smoke and not skip_base_check:
+        raise R1Error(f"the base model is not ready for RL: {problem}. Pre-train longer or with another "
+                      f"--seed (see README, FAQ), or pass --skip-base-check to run RL anyway")
+
+    # 3. GRPO from the base
+    print(f"== 3/4 GRPO ({rl.steps} steps x {rl.prompts_per_step} prompts x {rl.num_generations} samples) -> {rl_dir}")
+    grpo_stage(base_dir, rl_dir, rl, device, quiet)
+    model, tok, _ = load_run(rl_dir, device)
+
+    # 4. evaluate again, then the table, results.json, report.md and the plots
+    print("== 4/4 evaluating after GRPO")
+    after = evaluate(model, tok, problems, k=k, max_new_tokens=rl.max_completion_length, seed=seed, progress=not quiet)
+    table = format_table(rows_by_task({"base": base, "R1-Zero": after}), table_keys(k))
+    print(table)
+    plots = plot_run(run, base_eval={t: r["pass@1"] for t, r in base["tasks"].items()})
+    wall = time.perf_counter() - t_start
+    summary = {"seed": seed, "wall_s": wall, "base": base["tasks"], "r1_zero": after["tasks"],
+               "pretrain": asdict(pre), "grpo": asdict(rl)}
+    write_json_atomic(run / "results.json", summary)
+    report = write_story_report(run, table, after, wall, plots)
+    print(f"wrote {report}, {run / 'results.json'} and {', '.join(str(p) for p in plots)} ({wall:.0f} s in all)")
+    return summary
+
+
+def base_not_ready(overall: dict) -> str | None:
+    """Why RL would show nothing on this base (docs/traps.md, "The base decides"), or None.
+
+    The base must (a) be right most of the time when it thinks as long as the worked solutions,
+    (b) choose to think that long at least sometimes, and (c) leave room to improve."""
+    acc_full, rate, p1 = overall.get("acc_full_think"), overall.get("full_think"), overall.get("pass@1")
+    if acc_full is None or acc_full < 0.6:
+        return f"when it thinks fully it is right only {100 * (acc_full or 0):.0f}% of the time (need >= 60%)"
+    if rate < 0.05:
+        return f"it thinks fully in only {100 * rate:.0f}% of samples (need >= 5%)"
+    if p1 > 0.85:
+        return f"its pass@1 is already {100 * p1:.0f}%: nothing left for RL to show"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,88 +338,6 @@ def write_jsonl(rows: list[dict], path: str | Path, overwrite: bool = False) -> 
 
 
 # --------------------------------------------------------------------------------------------
-# Stages: each writes one run directory, resumes an unfinished one and skips a finished one
-# --------------------------------------------------------------------------------------------
-
-
-def _steps_done(run: Path) -> int:
-    return load_checkpoint(run)["step"] if has_checkpoint(run) else 0
-
-
-def _open(init: Path, run: Path, done: int, stage: str, cfg, device, extra: dict):
-    """(model, tok, state) to train: `run` resumed if it has a checkpoint (`done` steps), else a new run
-    from `init`."""
-    if done:
-        return load_run(run, device)
-    model, tok, _ = load_run(init, device)
-    if isinstance(cfg, GRPOConfig):
-        cfg.check_fits(model.cfg)
-    mark_run_dir(run)
-    save_run_files(run, model.cfg, tok, stage, asdict(cfg), {"init": str(init), **extra})
-    return model, tok, None
-
-
-def sft_stage(init: Path, run: Path, pairs: list[tuple[str, str]], cfg: TrainConfig, device, quiet: bool,
-              data: str = "") -> Path:
-    """SFT (loss on completions) of the model in `init` on `pairs`, into `run`; skipped when finished."""
-    done = _steps_done(run)
-    if done >= cfg.steps:
-        return run
-    model, tok, state = _open(init, run, done, "sft", cfg, device, {"data": data})
-    check_sft_pairs(pairs, tok, data or "SFT data")
-    train_lm(run, model, tok, cfg, sft_batches(pairs, cfg), device, state, quiet=quiet, stage="sft")
-    return run
-
-
-def grpo_stage(init: Path, run: Path, cfg: GRPOConfig, device, quiet: bool) -> Path:
-    """GRPO from the model in `init`, into `run`; skipped when finished."""
-    done = _steps_done(run)
-    if done >= cfg.steps:
-        return run
-    model, tok, state = _open(init, run, done, "grpo", cfg, device, {})
-    train_grpo(run, model, tok, cfg, device, state, quiet=quiet)
-    return run
-
-
-def pretrain_stage(run: Path, model_cfg: ModelConfig, cfg: TrainConfig, device, quiet: bool, preset_name: str) -> Path:
-    """Pre-training from scratch (the student's base) with the teacher's corpus and tokenizer."""
-    done = _steps_done(run)
-    if done >= cfg.steps:
-        return run
-    tok = default_tokenizer()
-    state = None
-    if done:
-        model, tok, state = load_run(run, device)
-    else:
-        mark_run_dir(run)
-        save_run_files(run, model_cfg, tok, "pretrain", asdict(cfg), {"preset": preset_name})
-        model = build_model(model_cfg, device=device, seed=cfg.seed)
-    train_lm(run, model, tok, cfg, pretrain_batches(cfg), device, state, quiet=quiet)
-    return run
-
-
-def rejection_stage(teacher: Path, out: Path, cfg: RejectionConfig, device, quiet: bool,
-                    smoke: bool = False) -> tuple[list, dict]:
-    """Rejection-sample `teacher` into the JSONL `out` (reused if already there); (rows, stats).
-    Keeping nothing is an error, except in smoke mode (an untrained teacher is never right), where the
-    cold-start set stands in so that the later stages still run."""
-    stats_path = out.with_suffix(".stats.json")
-    if out.exists() and stats_path.exists():
-        rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-        return rows, json.loads(stats_path.read_text())
-    model, tok, _ = load_run(teacher, device)
-    rows, stats = rejection_sample(model, tok, cfg, device, quiet=quiet)
-    if not rows and smoke:
-        print("   smoke mode: no sample kept; the cold-start set stands in", flush=True)
-        rows = cold_start_set(cfg.n_prompts, tasks=cfg.tasks, seed=cfg.seed)
-    elif not rows:
-        raise R1Error(f"rejection sampling kept no sample of {teacher}: {describe_rejection(stats)}")
-    write_jsonl(rows, out, overwrite=True)
-    stats_path.write_text(json.dumps(stats, indent=2))
-    return rows, stats
-
-
-# --------------------------------------------------------------------------------------------
 # Distillation: a small dense student, SFT on the teacher's answers vs RL alone
 # --------------------------------------------------------------------------------------------
 
@@ -326,9 +414,7 @@ class RecipeConfig:
 
     @classmethod
     def smoke(cls, **kw) -> "RecipeConfig":
-        return cls(**{**dict(cold_start_n=8, sft_batch_size=4, cold_start_steps=2, rl_steps=2, final_rl_steps=1,
-                             max_completion_length=24, rs_prompts=4, rs_k=2, dev3_steps=2, student_pretrain_steps=3,
-                             distill_steps=2, student_rl_steps=1, eval_k=2, eval_n=3, smoke=True), **kw})
+        return cls(**{**SMOKE["recipe"], "smoke": True, **kw})
 
     def sft(self, steps: int) -> TrainConfig:
         return TrainConfig(steps=steps, batch_size=self.sft_batch_size, lr=self.sft_lr, warmup=min(10, steps),
@@ -336,7 +422,7 @@ class RecipeConfig:
                            ckpt_every=0, completion_only=True)
 
     def rl(self, steps: int, consistency_weight: float) -> GRPOConfig:
-        small = dict(prompts_per_step=2, num_generations=2, dump_every=0) if self.smoke else {}
+        small = SMOKE["recipe_rl"] if self.smoke else {}
         return GRPOConfig(steps=steps, seed=self.seed, tasks=self.tasks, consistency_weight=consistency_weight,
                           max_completion_length=self.max_completion_length, eval_every=0,
                           eval_n=min(20, self.eval_n), eval_k=2, ckpt_every=0, **small)
@@ -348,7 +434,7 @@ class RecipeConfig:
 
     def pretrain(self) -> TrainConfig:
         return TrainConfig(steps=self.student_pretrain_steps, seed=self.seed, tasks=self.tasks,
-                           **(dict(batch_size=4, eval_every=0, eval_n=2, ckpt_every=0) if self.smoke else {}))
+                           **(SMOKE["recipe_pretrain"] if self.smoke else {}))
 
 
 class Stopwatch:
@@ -385,25 +471,6 @@ def evaluate_runs(runs: dict[str, Path], cfg: RecipeConfig, device, clock: Stopw
         print(f"   pass@1 {100 * o['pass@1']:.1f}%, cons@{cfg.eval_k} {100 * o[f'cons@{cfg.eval_k}']:.1f}%, "
               f"consistency {100 * o['consistency']:.1f}%, format {100 * o['format']:.1f}%", flush=True)
     return results
-
-
-def table_keys(k: int) -> list[str]:
-    return ["pass@1", f"cons@{k}", "consistency", "format", "think_len"]
-
-
-def rows_by_task(results: dict[str, dict]) -> dict[str, dict]:
-    """{"name task": metrics} for format_table / markdown_table."""
-    return {f"{name} {t}": r for name, res in results.items() for t, r in res["tasks"].items()}
-
-
-def markdown_table(rows: dict[str, dict], keys: list[str]) -> str:
-    head = "| model | task | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 2) + "\n"
-    lines = []
-    for name, r in rows.items():
-        model, task = name.rsplit(" ", 1)
-        cells = ["-" if r.get(k) is None else (f"{r[k]:.1f}" if "len" in k else f"{100 * r[k]:.1f}%") for k in keys]
-        lines.append(f"| {model} | {task} | " + " | ".join(cells) + " |")
-    return head + "\n".join(lines)
 
 
 def check_distill(teacher: Path, cfg: RecipeConfig, student_base: Path | None = None,
@@ -455,12 +522,12 @@ def distill(teacher: Path, run: Path, cfg: RecipeConfig, device, quiet: bool, cl
 # --------------------------------------------------------------------------------------------
 
 
-def run_recipe(run: Path, zero: Path, cfg: RecipeConfig, device, quiet: bool = False,
+def run_recipe(run: Path, zero_run: Path, cfg: RecipeConfig, device, quiet: bool = False,
                student_base: Path | None = None, clock: Stopwatch | None = None) -> dict:
     """Dev1 -> Dev2 -> Dev3 -> R1 from the base and R1-Zero of `zero` (a `python r1.py` run with base/
     and rl/), then distillation; evaluations, the two tables, run/results.json and run/report.md."""
     clock = clock or Stopwatch(quiet)
-    base, r1_zero = zero / "base", zero / "rl"
+    base, r1_zero = zero_run / "base", zero_run / "rl"
     for needed in (base, r1_zero):
         load_checkpoint(needed)  # a missing or damaged run fails here, before any work
 
@@ -496,7 +563,7 @@ def run_recipe(run: Path, zero: Path, cfg: RecipeConfig, device, quiet: bool = F
     table2 = rows_by_task({"R1 (teacher)": stages["R1"]} | dist["eval"])
     print("\nStages (like R1 Table 3):\n" + format_table(table1, keys))
     print("\nDistillation (like R1 Table 6):\n" + format_table(table2, keys))
-    results = {"config": asdict(cfg), "zero": str(zero), "wall_s": clock.total(), "stage_s": clock.times,
+    results = {"config": asdict(cfg), "zero": str(zero_run), "wall_s": clock.total(), "stage_s": clock.times,
                "stages": stages, "distill": dist, "dev3_rejection": dev3_stats}
     (run / "results.json").write_text(json.dumps(results, indent=2))
     (run / "report.md").write_text(

@@ -1,5 +1,6 @@
-"""Plots and the report of an R1-Zero run, like the paper's Figures 2 and 3 (R1 §2.2.4):
-held-out accuracy and training reward vs step, and completion / thinking length vs step.
+"""Everything shown to a person: the tables of evaluations (one list of columns for every table),
+the plots of an R1-Zero run like the paper's Figures 2 and 3 (R1 §2.2.4: held-out accuracy and training
+reward vs step, completion / thinking length vs step), and the story's report.md.
 
     python r1.py plot runs/zero      redraws runs/zero/plots/*.png from its metrics.jsonl files
 """
@@ -13,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from runs import Metrics, R1Error  # noqa: E402
+from runs import Metrics, R1Error, write_text_atomic  # noqa: E402
 
 
 def grpo_metrics(run: Path) -> tuple[list[dict], list[dict]]:
@@ -61,3 +62,57 @@ def _save(fig, ax, path: Path, ylabel: str, title: str):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables: rows are names ("base add"), columns the keys of evaluate()'s per-task results
+# --------------------------------------------------------------------------------------------
+
+
+def table_keys(k: int, protocol: bool = False) -> list[str]:
+    """The columns of every table r1 prints: R1's protocol (pass@1, cons@k over k samples at T=0.6; with
+    `protocol`, `eval`'s full table, also the unbiased pass@k and greedy accuracy), the format and
+    readability rates, and how long and how fully the model thinks."""
+    return ["pass@1", f"cons@{k}", *([f"pass@{k}", "greedy"] if protocol else []), "format", "consistency",
+            "think_len", "full_think"]
+
+
+def rows_by_task(results: dict[str, dict]) -> dict[str, dict]:
+    """{name: evaluate()'s result} -> {"name task": that task's metrics}, one row per model and task."""
+    return {f"{name} {t}": r for name, res in results.items() for t, r in res["tasks"].items()}
+
+
+def _cell(key: str, v) -> str:
+    return "-" if v is None else (f"{v:.1f}" if "len" in key else f"{100 * v:.1f}%")
+
+
+def format_table(rows: dict[str, dict], keys: list[str]) -> str:
+    """A plain-text table: one row per name, one column per key (percentages for rates)."""
+    name_w = max([18] + [len(name) + 1 for name in rows])
+    width = {k: max(11, len(k) + 1) for k in keys}
+    lines = [" " * name_w + "".join(f"{k:>{width[k]}}" for k in keys)]
+    for name, r in rows.items():
+        lines.append(f"{name:<{name_w}}" + "".join(f"{_cell(k, r.get(k)):>{width[k]}}" for k in keys))
+    return "\n".join(lines)
+
+
+def markdown_table(rows: dict[str, dict], keys: list[str]) -> str:
+    """The same table in Markdown, the task in a column of its own ("name task" row names)."""
+    head = "| model | task | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 2) + "\n"
+    lines = []
+    for name, r in rows.items():
+        model, task = name.rsplit(" ", 1)
+        lines.append(f"| {model} | {task} | " + " | ".join(_cell(k, r.get(k)) for k in keys) + " |")
+    return head + "\n".join(lines)
+
+
+def write_story_report(run: Path, table: str, after: dict, wall: float, plots: list[Path]) -> Path:
+    """report.md of an R1-Zero story: the table, the plots and a few completions after GRPO."""
+    ex = "\n".join(f"    {p.splitlines()[-2]}\n    Assistant:{c}   [{'right' if ok else 'wrong'}]"
+                    for p, c, ok in after["examples"][:4])
+    text = (f"# R1-Zero run: {run}\n\nWall time {wall:.0f} s. Held-out problems, k samples each at "
+            f"T=0.6, top-p 0.95 (`python r1.py eval` gives the same protocol).\n\n```\n{table}\n```\n\n"
+            + "".join(f"![{p.stem}](plots/{p.name})\n" for p in plots)
+            + f"\nCompletions after GRPO:\n\n{ex}\n")
+    write_text_atomic(run / "report.md", text)
+    return run / "report.md"

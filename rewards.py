@@ -37,11 +37,9 @@ content is rejected): 9**9**9**9, 10**10**10, factorial(10**9), __import__('os')
 """
 import ast
 import contextlib
-import random
 import re
 import signal
 import threading
-import time
 from fractions import Fraction
 from typing import Sequence
 
@@ -333,45 +331,14 @@ def reward(completion: str, answer: str, numbers: Sequence[int] | None = None, *
     return parts["reward"], parts
 
 
-ADVERSARIAL_ANSWERS = (
-    "9**9**9**9", "10**10**10", "factorial(10**9)", "__import__('os').system('touch /tmp/pwned')",
-    "().__class__.__base__.__subclasses__()", "(" * 10_000 + "1" + ")" * 10_000, "(" * 90 + "1" + ")" * 90,
-    "7" * 1_000_000, "69\x0005", "\x00", "٦٩٠٥", "６９０５", "1e999999", "-", "1/0", "0/0",
-    "9" * 10_000,
+# The one list of hostile inputs: what a model (or a user) might write where an answer or a thinking
+# text is expected. Every reward must return in well under 0.1 s on each, execute nothing, and score it 0
+# as an answer (tests/test_rewards.py, tests/test_recipe.py; timed by tools/bench.py). "PWNED" is a file
+# name the tests swap for a temporary path, to see that nothing ran.
+HOSTILE_ANSWERS = (
+    "9**9**9**9", "10**10**10", "2**2**2**2**2**2", "factorial(10**9)",
+    "__import__('os').system('touch PWNED')", "().__class__.__base__.__subclasses__()",
+    "(" * 10_000 + "1" + ")" * 10_000, "(" * 90 + "1" + ")" * 90, "-" * 150 + "1", "x" * 1_000_000,
+    "7" * 1_000_000, "\x00", "69\x0005", "٦٩٠٥", "６９０５", "1e999999", "-", "1/0", "0/0", "9" * 10_000, "9" * 150,
+    "1" * 19_000, "=" * 10_000 + "x", "1=" * 9_000 + " no", "\x00\n٣=٣",
 )
-
-
-def bench_rewards(n: int = 1000, seed: int = 0) -> dict:
-    """Throughput of `reward` on a mix of right, wrong, malformed and countdown completions, and the
-    slowest single call over ADVERSARIAL_ANSWERS (each wrapped in a well-formed completion)."""
-    rng = random.Random(seed)
-    cases = []
-    for _ in range(n):
-        a, b = rng.randrange(10_000), rng.randrange(10_000)
-        steps = " ".join(str(rng.randrange(10)) for _ in range(rng.randrange(200)))
-        think = f"<think>{a}+{b} {steps}</think>"
-        kind = rng.random()
-        if kind < 0.4:
-            cases.append((f"{think} <answer>{a + b}</answer>\n", str(a + b), None))
-        elif kind < 0.7:
-            cases.append((f"{think}<answer>{a + b + rng.randrange(1, 9)}</answer>", str(a + b), None))
-        elif kind < 0.9:
-            cases.append((f"{think}<answer>{a + b}", str(a + b), None))  # truncated
-        else:
-            cases.append((f"{think}<answer>(3*25-50)*7</answer>", "175", (3, 7, 25, 50)))
-    start = time.perf_counter()
-    for completion, ref, numbers in cases:
-        reward(completion, ref, numbers)
-    elapsed = time.perf_counter() - start
-    worst, worst_case = 0.0, ""
-    for case in ADVERSARIAL_ANSWERS:
-        completion = f"<think>x</think><answer>{case}</answer>"
-        t0 = time.perf_counter()
-        reward(completion, "6905")
-        reward(completion, "175", (3, 7, 25, 50))
-        answers_equal(case, "6905")
-        took = time.perf_counter() - t0
-        if took > worst:
-            worst, worst_case = took, case[:40]
-    return {"calls_per_s": round(n / elapsed), "n_completions": n,
-            "adversarial_worst_s": worst, "adversarial_worst_case": worst_case}

@@ -45,10 +45,14 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from data import Tokenizer
+from model import ModelConfig, Transformer, activation_numbers, build_model, count_params
 
 
 class R1Error(Exception):
@@ -144,9 +148,6 @@ def check_memory(model_cfg, device: torch.device, *, train_rows: int, seq: int, 
     gradients and AdamW's two moments when training), the activations autograd keeps for `train_rows`
     sequences of `seq` tokens (scale/plan.py's per-token count, fp32), and a KV cache for `cache_rows`.
     An estimate to stop the absurd (a 671B preset, a batch of millions) with one line, not a planner."""
-    from model import count_params
-    from scale.plan import activation_numbers
-
     c = count_params(model_cfg)
     P = c["total"] + c["mtp"]
     moe = model_cfg.n_routed_experts > 0
@@ -220,12 +221,10 @@ class World:
 
     def build_model(self, cfg, device, seed: int | None):
         """A freshly initialised model (on meta, then to_empty, then init_weights)."""
-        from model import build_model
         return build_model(cfg, device=device, seed=seed)
 
     def load_run(self, run: Path, device):
         """(model, tokenizer, checkpoint state) of a run's newest checkpoint."""
-        from train import load_run  # train.py imports this file
         return load_run(run, device)
 
     def save_checkpoint(self, run: Path, step: int, model, opt, meta: dict) -> None:
@@ -558,6 +557,109 @@ def optimizer_state_by_index(osd: dict) -> dict:
     index = {n: i for i, n in enumerate(names)}
     return {"state": {index[n]: s for n, s in osd["state"].items()},
             "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]}
+
+
+# --------------------------------------------------------------------------------------------
+# Opening a run: new, resumed, or started from another run's model (--init); loading one
+# --------------------------------------------------------------------------------------------
+
+
+def default_run(init, stage: str, run=None) -> str:
+    """The --run of a stage that starts from --init: as given, or INIT-stage beside INIT; never INIT."""
+    if run is None:
+        run = str(Path(init).parent / (Path(init).name + "-" + stage))
+    if str(run).strip() and Path(run).resolve() == Path(init).resolve():
+        raise R1Error(f"--run must differ from --init: {stage} writes a new run and never overwrites its start point")
+    return run
+
+
+def open_run(path, stage: str, model_cfg: ModelConfig, stage_cfg, device, new, *, resume: bool = False,
+             overwrite: bool = False, sources=(), extra: dict | None = None, world: World | None = None):
+    """The one way a stage opens its run directory: (run, model, tokenizer, checkpoint state or None).
+
+    A new run (or one killed before its first checkpoint, continued with --resume) starts from
+    `new()` -> (model, tokenizer): a model built from scratch, or the --init run's; config.json and
+    tokenizer.json are written first. --resume continues from ckpt/latest with the same options
+    (check_resume_config). --overwrite empties the folder first, only if r1 made it and it holds
+    none of `sources` (prepare_run_dir). `extra` goes into config.json (the preset, the --init run).
+    """
+    world = world or World()
+    run = world.on_main(prepare_run_dir, path, resume=resume, overwrite=overwrite, sources=sources)
+    if resume and (run / "config.json").exists():
+        world.on_main(check_resume_config, run, model_cfg, asdict(stage_cfg), stage)
+    if resume and has_checkpoint(run):
+        return (run, *world.load_run(run, device))
+    model, tok = new()
+    world.on_main(save_run_files, run, model.cfg, tok, stage, asdict(stage_cfg), extra)
+    return run, model, tok, None
+
+
+def load_run(run: str | Path, device="cpu") -> tuple[Transformer, Tokenizer, dict]:
+    """Model (weights of the newest checkpoint), tokenizer and checkpoint state of a run directory;
+    R1Error when anything is missing, corrupt or inconsistent."""
+    state = load_checkpoint(run)
+    cfg, tok = run_config_and_tokenizer(run, state)
+    model = build_model(cfg, device=device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise R1Error(f"the checkpoint's weights do not fit its config ({str(e).splitlines()[0]})") from None
+    return model, tok, state
+
+
+def run_config_and_tokenizer(run: str | Path, state: dict) -> tuple[ModelConfig, Tokenizer]:
+    """The model config a checkpoint state names and the run's tokenizer, checked against each other
+    and against the run's files: a tokenizer.json or config.json edited after the checkpoint was
+    written is an R1Error, never a model that silently reads other tokens."""
+    run = Path(run)
+    tok_path = run / "tokenizer.json"
+    if not tok_path.is_file():
+        raise R1Error(f"{run} has no tokenizer.json: the run directory is incomplete")
+    if state.get("tokenizer_sha256") != file_sha256(tok_path):
+        raise R1Error(f"{tok_path} is not the tokenizer the checkpoint was trained with (it was changed "
+                      f"after the checkpoint was written): restore it, or retrain")
+    try:
+        tok = Tokenizer.load(tok_path)
+    except Exception as e:  # the tokenizers library raises its own exception types for bad JSON
+        raise R1Error(f"{tok_path} is corrupt ({type(e).__name__}): copy it from a good run") from None
+    try:
+        cfg = ModelConfig.from_dict(state["config"])
+    except (ValueError, TypeError) as e:
+        raise R1Error(f"the checkpoint's model config is invalid: {e}") from None
+    if cfg.vocab_size != tok.vocab_size:
+        raise R1Error(f"config/tokenizer mismatch in {run}: the model has vocab_size {cfg.vocab_size} but "
+                      f"tokenizer.json has {tok.vocab_size} tokens; use the tokenizer the run was trained with")
+    stored = read_json(run / "config.json").get("model")
+    if stored != json.loads(json.dumps(cfg.to_dict())):
+        raise R1Error(f"{run / 'config.json'} describes another model than the checkpoint holds (it was edited "
+                      f"after the checkpoint was written): restore it, or retrain")
+    return cfg, tok
+
+
+def save_run_files(run: Path, model_cfg: ModelConfig, tok: Tokenizer, stage: str, stage_cfg: dict, extra=None):
+    """config.json (resolved configs) and tokenizer.json at the top of a run directory."""
+    tok.save(run / "tokenizer.json")
+    write_json_atomic(run / "config.json", {"stage": stage, "model": model_cfg.to_dict(), stage: stage_cfg,
+                                            **(extra or {})})
+
+
+def check_resume_config(run: Path, model_cfg: ModelConfig, stage_cfg: dict, stage: str):
+    """On --resume, the stored configs must equal the ones asked for: otherwise the run would
+    silently continue as something else. One difference is allowed, and said: more --steps than the
+    run was started with extends it (config.json then records the new number)."""
+    stored = read_json(run / "config.json")
+    want = json.loads(json.dumps(stage_cfg))
+    have = stored.get(stage)
+    if stored.get("model") != model_cfg.to_dict() or not isinstance(have, dict) or \
+            {k: v for k, v in have.items() if k != "steps"} != {k: v for k, v in want.items() if k != "steps"}:
+        raise R1Error(f"--resume: the options differ from those {run} was started with (see its config.json); "
+                      f"resume with the same options or start a new --run")
+    if want.get("steps") != have.get("steps"):
+        if want["steps"] < have["steps"]:
+            raise R1Error(f"--resume: {run} was started with --steps {have['steps']}; resume with that many, "
+                          f"or more to extend it")
+        print(f"extending {run} from {have['steps']} to {want['steps']} {stage} steps")
+        write_json_atomic(run / "config.json", stored | {stage: want, "extended_from": have["steps"]})
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,8 +37,6 @@ left padding), L new tokens (max_new_tokens), W vocab, D model dim, S cache colu
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -309,60 +307,3 @@ def _mtp(model, mcache, h, next_tokens, valid) -> torch.Tensor:
     hk, _ = model.mtp_forward(0, h, next_tokens, pos, mask, valid, cache=mcache, absorb=True)
     model.advance_cache(mcache, valid)
     return model.mtp_logits(0, hk)
-
-
-# --------------------------------------------------------------------------------------------
-# Benchmark (printed by `r1.py bench`)
-# --------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def _greedy_no_cache(model, prompts: list[list[int]], new_tokens: int, pad_id: int) -> torch.Tensor:
-    """The baseline: re-run the whole left-padded sequence every step, no cache. -> [N, L]."""
-    device = next(model.parameters()).device
-    P = max(len(p) for p in prompts)
-    seq = torch.tensor([[pad_id] * (P - len(p)) + p for p in prompts], device=device)  # [N, P]
-    mask = torch.tensor([[False] * (P - len(p)) + [True] * len(p) for p in prompts], device=device)
-    for _ in range(new_tokens):
-        nxt = model(seq, pad_mask=mask)[:, -1].argmax(-1, keepdim=True)  # [N, 1]
-        seq, mask = torch.cat([seq, nxt], 1), torch.cat([mask, torch.ones_like(nxt, dtype=torch.bool)], 1)
-    return seq[:, P:]
-
-
-def bench_sampler(model, batch_sizes=(1, 16, 64), new_tokens: int = 128, prompt_len: int = 30,
-                  no_cache_max_batch: int = 16, seed: int = 0, prompts: list[list[int]] | None = None) -> list[dict]:
-    """Greedy decode tokens/s: with the cache vs re-running the full sequence each step (skipped
-    above `no_cache_max_batch` rows: quadratic and slow), and speculative vs plain (with the
-    MTP acceptance rate). No EOS, so every row makes exactly `new_tokens` tokens. Random prompts
-    unless `prompts` (say, real task prompts for a trained model) are given."""
-    rng = random.Random(seed)
-    was_training = model.training
-    model.eval()
-    W = model.cfg.vocab_size
-    rows = []
-    for B in batch_sizes:
-        batch = ([[rng.randrange(W) for _ in range(prompt_len - rng.randrange(4))] for _ in range(B)]
-                 if prompts is None else [prompts[i % len(prompts)] for i in range(B)])
-        kw = dict(max_new_tokens=new_tokens, temperature=0.0, eos_id=-1, pad_id=0)
-        row = {"batch": B, "new_tokens": new_tokens}
-        t0 = time.perf_counter()
-        plain = generate(model, batch, **kw)
-        row["cached_tok_s"] = B * new_tokens / (time.perf_counter() - t0)
-        if B <= no_cache_max_batch:
-            t0 = time.perf_counter()
-            _greedy_no_cache(model, batch, new_tokens, pad_id=0)
-            row["no_cache_tok_s"] = B * new_tokens / (time.perf_counter() - t0)
-            row["cache_speedup"] = row["cached_tok_s"] / row["no_cache_tok_s"]
-        else:
-            row["no_cache_tok_s"] = row["cache_speedup"] = None
-            row["note"] = f"no-cache run skipped above batch {no_cache_max_batch} (quadratic)"
-        if model.cfg.mtp_depth >= 1:
-            t0 = time.perf_counter()
-            spec = generate(model, batch, speculative=True, **kw)
-            row["spec_tok_s"] = B * new_tokens / (time.perf_counter() - t0)
-            row["spec_speedup"] = row["spec_tok_s"] / row["cached_tok_s"]
-            row["acceptance"] = spec.accepted / max(spec.proposed, 1)
-            row["spec_matches_plain"] = bool(torch.equal(spec.tokens, plain.tokens))
-        rows.append(row)
-    model.train(was_training)
-    return rows

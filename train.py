@@ -31,11 +31,11 @@ from typing import Callable
 
 import torch
 
-from data import Tokenizer, build_corpus, completion, eval_set, prompt
+from data import Tokenizer, build_corpus, completion, eval_problems, prompt
 from evaluate import evaluate
-from model import ModelConfig, Transformer, build_model
-from runs import (MAX_EVAL_N, Metrics, Progress, R1Error, World, autocast, check_numbers, file_sha256, load_checkpoint, mark_run_dir, read_json,
-                  rng_state, seed_everything, set_rng_state, write_json_atomic)
+from model import ModelConfig, Transformer
+from runs import (MAX_EVAL_N, Metrics, Progress, R1Error, World, autocast, check_numbers, rng_state, seed_everything,
+                  set_rng_state)
 
 
 @dataclass
@@ -92,11 +92,6 @@ class TrainConfig:
             eval_problems(self.tasks, self.eval_n, self.difficulty)
         except ValueError as e:
             raise R1Error(str(e)) from None
-
-
-def eval_problems(tasks, n: int, difficulty: int | None = None) -> list:
-    """The fixed held-out problems of each task at the training difficulty (n per task)."""
-    return [p for t in tasks for p in eval_set(t, n, difficulty=difficulty)]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -302,76 +297,3 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
             world.save_checkpoint(run, step + 1, model, opt, {"rng": rng_state(), "step": step + 1, "stage": stage,
                                                              "config": model.cfg.to_dict(), "train": asdict(cfg)})
     return last
-
-
-# --------------------------------------------------------------------------------------------
-# Loading a trained run (used by sft, grpo, eval, sample)
-# --------------------------------------------------------------------------------------------
-
-
-def load_run(run: str | Path, device="cpu") -> tuple[Transformer, Tokenizer, dict]:
-    """Model (weights of the newest checkpoint), tokenizer and checkpoint state of a run directory;
-    R1Error when anything is missing, corrupt or inconsistent."""
-    state = load_checkpoint(run)
-    cfg, tok = run_config_and_tokenizer(run, state)
-    model = build_model(cfg, device=device)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise R1Error(f"the checkpoint's weights do not fit its config ({str(e).splitlines()[0]})") from None
-    return model, tok, state
-
-
-def run_config_and_tokenizer(run: str | Path, state: dict) -> tuple[ModelConfig, Tokenizer]:
-    """The model config a checkpoint state names and the run's tokenizer, checked against each other
-    and against the run's files: a tokenizer.json or config.json edited after the checkpoint was
-    written is an R1Error, never a model that silently reads other tokens."""
-    run = Path(run)
-    tok_path = run / "tokenizer.json"
-    if not tok_path.is_file():
-        raise R1Error(f"{run} has no tokenizer.json: the run directory is incomplete")
-    if state.get("tokenizer_sha256") != file_sha256(tok_path):
-        raise R1Error(f"{tok_path} is not the tokenizer the checkpoint was trained with (it was changed "
-                      f"after the checkpoint was written): restore it, or retrain")
-    try:
-        tok = Tokenizer.load(tok_path)
-    except Exception as e:  # the tokenizers library raises its own exception types for bad JSON
-        raise R1Error(f"{tok_path} is corrupt ({type(e).__name__}): copy it from a good run") from None
-    try:
-        cfg = ModelConfig.from_dict(state["config"])
-    except (ValueError, TypeError) as e:
-        raise R1Error(f"the checkpoint's model config is invalid: {e}") from None
-    if cfg.vocab_size != tok.vocab_size:
-        raise R1Error(f"config/tokenizer mismatch in {run}: the model has vocab_size {cfg.vocab_size} but "
-                      f"tokenizer.json has {tok.vocab_size} tokens; use the tokenizer the run was trained with")
-    stored = read_json(run / "config.json").get("model")
-    if stored != json.loads(json.dumps(cfg.to_dict())):
-        raise R1Error(f"{run / 'config.json'} describes another model than the checkpoint holds (it was edited "
-                      f"after the checkpoint was written): restore it, or retrain")
-    return cfg, tok
-
-
-def save_run_files(run: Path, model_cfg: ModelConfig, tok: Tokenizer, stage: str, stage_cfg: dict, extra=None):
-    """config.json (resolved configs) and tokenizer.json at the top of a run directory."""
-    tok.save(run / "tokenizer.json")
-    write_json_atomic(run / "config.json", {"stage": stage, "model": model_cfg.to_dict(), stage: stage_cfg,
-                                            **(extra or {})})
-
-
-def check_resume_config(run: Path, model_cfg: ModelConfig, stage_cfg: dict, stage: str):
-    """On --resume, the stored configs must equal the ones asked for: otherwise the run would
-    silently continue as something else. One difference is allowed, and said: more --steps than the
-    run was started with extends it (config.json then records the new number)."""
-    stored = read_json(run / "config.json")
-    want = json.loads(json.dumps(stage_cfg))
-    have = stored.get(stage)
-    if stored.get("model") != model_cfg.to_dict() or not isinstance(have, dict) or \
-            {k: v for k, v in have.items() if k != "steps"} != {k: v for k, v in want.items() if k != "steps"}:
-        raise R1Error(f"--resume: the options differ from those {run} was started with (see its config.json); "
-                      f"resume with the same options or start a new --run")
-    if want.get("steps") != have.get("steps"):
-        if want["steps"] < have["steps"]:
-            raise R1Error(f"--resume: {run} was started with --steps {have['steps']}; resume with that many, "
-                          f"or more to extend it")
-        print(f"extending {run} from {have['steps']} to {want['steps']} {stage} steps")
-        write_json_atomic(run / "config.json", stored | {stage: want, "extended_from": have["steps"]})

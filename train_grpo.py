@@ -52,13 +52,12 @@ import torch
 import torch.nn.functional as F
 
 import rewards
-from data import prompt, sample_problem
+from data import eval_problems, prompt, sample_problem
 from evaluate import evaluate, thinking_tokens
 from model import Transformer
 from runs import (MAX_EVAL_K, MAX_EVAL_N, Metrics, Progress, R1Error, World, autocast, check_numbers, cut_samples_after, rng_state, seed_everything,
                   set_rng_state)
 from sampler import generate
-from train import eval_problems
 
 REFLECTION = re.compile(r"\b(wait|check|verify|mistake|wrong|retry|error|however|but|evaluate)\b", re.IGNORECASE)
 
@@ -85,6 +84,7 @@ class GRPOConfig:
     consistency_weight: float = 0.0  # R1's language-consistency reward (toy: readable steps); 0 = R1-Zero
     dynamic_sampling: bool = True  # DAPO: drop groups whose rewards are all equal (no signal)
     mask_truncated_completions: bool = False  # DAPO overlong filtering: no loss on truncated samples
+    overlong_cache: int = 0  # DAPO soft overlong punishment over the last N tokens before the limit; 0 = off
     ref_reset_every: int = 400  # R1: the reference becomes the current policy every 400 steps
     grad_clip: float = 1.0
     weight_decay: float = 0.0
@@ -113,6 +113,8 @@ class GRPOConfig:
             (self.temperature > 0, "--temperature must be > 0 for RL rollouts"),
             (0 < self.top_p <= 1, "--top-p must be in (0, 1]"),
             (self.max_completion_length > 0, "--max-completion-length must be > 0"),
+            (0 <= self.overlong_cache < self.max_completion_length,
+             "--overlong-cache must be >= 0 and below --max-completion-length"),
             (0 < self.eval_n <= MAX_EVAL_N and 0 < self.eval_k <= MAX_EVAL_K,
              f"--eval-n must be in 1..{MAX_EVAL_N} and --eval-k in 1..{MAX_EVAL_K}"),
             (self.prompts_per_step * self.num_generations >= self.num_minibatches,
@@ -285,7 +287,8 @@ def rollout(model, tok, cfg: GRPOConfig, step: int, device, world: World | None 
         p = problems[row // G]
         text = tok.decode(out.tokens[row][out.mask[row]].tolist())
         r, part = rewards.reward(text, p.answer, p.numbers or None, format_weight=cfg.format_weight,
-                                 consistency_weight=cfg.consistency_weight)
+                                 consistency_weight=cfg.consistency_weight, completion_len=int(out.mask[row].sum()),
+                                 max_len=cfg.max_completion_length, overlong_cache=cfg.overlong_cache)
         texts.append(text)
         rs.append(r)
         parts.append(part)

@@ -145,6 +145,11 @@ def describe(task: str, difficulty: int | None = None) -> str:
     return _family(task).describe(_difficulty(task, difficulty))
 
 
+def eval_problems(tasks, n: int, difficulty: int | None = None) -> list:
+    """The fixed held-out problems of each task at the training difficulty (n per task)."""
+    return [p for t in tasks for p in eval_set(t, n, difficulty=difficulty)]
+
+
 # ----------------------------------------------------------------------------- worked solutions
 
 def solution_steps(problem: Problem) -> list[Step]:

@@ -96,10 +96,6 @@ class Tokenizer:
         """The text of `ids`, dropping <pad> <bos> <eos> and keeping the tags; inverse of encode()."""
         return self.hf.decode([int(i) for i in ids if int(i) not in self._dropped], skip_special_tokens=False)
 
-    def tokens(self, text: str) -> list[str]:
-        """The token strings of `text`, to see how it is cut (e.g. for counting or printing)."""
-        return [self.hf.id_to_token(i) for i in self.encode(text)]
-
     def unknown(self, text: str) -> str | None:
         """The first piece of `text` that encode() refuses (say "é" or " plus"), or None if it all encodes."""
         encoding = self.hf.encode(text)

@@ -38,7 +38,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from model import Transformer, build_model
 from runs import R1Error, World, latest_checkpoint, point_latest, tokenizer_sha256, verify_checksum, write_checksum
-from train import load_run, run_config_and_tokenizer
+from runs import load_run, run_config_and_tokenizer
 
 
 def env_int(name: str, default: int) -> int:

@@ -31,28 +31,11 @@ from pathlib import Path
 if not __package__:  # run as a script: the repository root holds model.py and runs.py
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from model import ModelConfig, count_params, preset  # noqa: E402
+from model import ModelConfig, activation_numbers, count_params, preset  # noqa: E402
 from runs import R1Error  # noqa: E402
 
 GiB = 2 ** 30
 BF16, FP32 = 2, 4
-
-
-def activation_numbers(cfg: ModelConfig, moe: bool) -> int:
-    """Numbers autograd keeps per token for one block (MLA + FFN), without recomputation."""
-    H, D = cfg.n_heads, cfg.dim
-    qk, v = cfg.qk_head_dim, cfg.v_head_dim
-    attn = (2 * D  # block input, normed input
-            + cfg.q_lora_rank  # query latent (0 = full-rank query)
-            + cfg.kv_lora_rank + cfg.qk_rope_head_dim  # kv latent and rotary key
-            + 2 * H * qk + H * v  # per-head q, k, v
-            + H * v)  # attention output (input of wo)
-    if moe:
-        F, K, S, E = cfg.moe_inter_dim, cfg.n_activated_experts, cfg.n_shared_experts, cfg.n_routed_experts
-        ffn = 2 * D + E + K * (D + 3 * F) + 3 * S * F  # input, normed, router scores, K routed + shared SwiGLUs
-    else:
-        ffn = 2 * D + 3 * cfg.inter_dim  # input, normed, w1/w3 outputs and their product
-    return attn + ffn
 
 
 def plan(cfg: ModelConfig, gpus: int, gpu_mem_gib: float, *, tokens_per_gpu: int = 4096, rollout_seqs: int = 16,

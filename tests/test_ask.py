@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import ask  # noqa: E402
+from tools import ask  # noqa: E402
 import evaluate  # noqa: E402
 import r1  # noqa: E402
 import rewards  # noqa: E402
@@ -30,7 +30,7 @@ from model import build_model, preset  # noqa: E402
 from runs import R1Error, save_checkpoint  # noqa: E402
 from sampler import generate  # noqa: E402
 from test_cli import SMALL, assert_error, inproc, tree  # noqa: E402
-from train import load_run, save_run_files  # noqa: E402
+from runs import load_run, save_run_files  # noqa: E402
 
 
 def make_run(path: Path, stage: str, block: dict, model=None, **extra) -> Path:

@@ -35,7 +35,8 @@ import report  # noqa: E402, F401 -- matplotlib builds its font cache under HOME
 import runs  # noqa: E402
 from data import default_tokenizer  # noqa: E402
 from model import build_model, preset  # noqa: E402
-from train import TrainConfig, pretrain_batches, save_run_files, train_lm  # noqa: E402
+from train import TrainConfig, pretrain_batches, train_lm  # noqa: E402
+from runs import save_run_files  # noqa: E402
 from train_grpo import GRPOConfig  # noqa: E402
 
 SMALL = dict(dim=32, inter_dim=64, moe_inter_dim=32, n_layers=2, kv_lora_rank=16, qk_nope_head_dim=8,

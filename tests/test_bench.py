@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import bench  # noqa: E402
+from tools import bench  # noqa: E402
 import runs  # noqa: E402
 from model import flops_per_token  # noqa: E402
 

@@ -34,7 +34,8 @@ if str(ROOT) not in sys.path:
 import r1  # noqa: E402
 from data import default_tokenizer  # noqa: E402
 from model import build_model, preset  # noqa: E402
-from train import TrainConfig, pretrain_batches, save_run_files, train_lm  # noqa: E402
+from train import TrainConfig, pretrain_batches, train_lm  # noqa: E402
+from runs import save_run_files  # noqa: E402
 
 SMALL = dict(dim=32, inter_dim=64, moe_inter_dim=32, n_layers=2, kv_lora_rank=16, qk_nope_head_dim=8,
              qk_rope_head_dim=8, v_head_dim=8, n_heads=2)

@@ -381,7 +381,7 @@ def test_tokenizer_pieces_tags_and_template_cost():
     text = prompt(Problem("add", "_1663+_5242", "6905")) + completion(Problem("add", "_1663+_5242", "6905"))
     assert tok.decode(tok.encode(text)).count("<think>") == 2
     assert tok.hf.decode(tok.encode(text)) == text      # not special: HF's default decode (as TRL uses) keeps them
-    assert tok.tokens("Assistant:<think>10 wait x=3/4</think>") == \
+    assert [tok.hf.id_to_token(i) for i in tok.encode("Assistant:<think>10 wait x=3/4</think>")] == \
         ["Assistant", ":", "<think>", "1", "0", " wait", " x", "=", "3", "/", "4", "</think>"]
     preamble, after = TEMPLATE.split("{question}")
     assert len(tok.encode(preamble)) + len(tok.encode(after)) <= 25

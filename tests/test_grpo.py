@@ -172,7 +172,7 @@ def test_beta_positive_uses_reference_and_logs_kl(tok, tmp_path):
 def test_exact_resume(tok, tmp_path, monkeypatch):
     """2 steps + resume + 2 steps == 4 steps, bit for bit, on a model whose weights really move (the
     learnable reward gives every group a spread, so every step has a gradient)."""
-    from train import load_run, save_run_files
+    from runs import load_run, save_run_files
 
     monkeypatch.setattr(train_grpo.rewards, "reward", seven_reward)
 

@@ -28,12 +28,12 @@ import safetensors.torch  # noqa: E402
 from transformers import (AutoModelForCausalLM, AutoTokenizer, DeepseekV3Config,  # noqa: E402
                           DeepseekV3ForCausalLM, PreTrainedTokenizerFast)
 
-import interop  # noqa: E402
+from tools import interop  # noqa: E402
 from data import TASKS, build_corpus, default_tokenizer  # noqa: E402
 from model import build_model, preset  # noqa: E402
 from runs import R1Error, load_checkpoint, save_checkpoint  # noqa: E402
 from sampler import generate  # noqa: E402
-from train import load_run, save_run_files  # noqa: E402
+from runs import load_run, save_run_files  # noqa: E402
 
 TOK = default_tokenizer()
 V = TOK.vocab_size

@@ -24,11 +24,13 @@ from data import DIFFICULTIES, TASKS, Tokenizer, default_tokenizer, make_problem
 from data.cold_start import cold_start_set, readable_completion  # noqa: E402
 from evaluate import majority_vote, pass_at_k  # noqa: E402
 from model import build_model, preset  # noqa: E402
+import rewards  # noqa: E402
 from rewards import accuracy_reward, consistency_reward, format_reward, reward  # noqa: E402
 from runs import save_checkpoint  # noqa: E402
 from sampler import Generation  # noqa: E402
 from test_cli import SMALL, assert_error, inproc, tree  # noqa: E402
-from train import TrainConfig, pretrain_batches, save_run_files, train_lm  # noqa: E402
+from train import TrainConfig, pretrain_batches, train_lm  # noqa: E402
+from runs import save_run_files  # noqa: E402
 from train_grpo import GRPOConfig  # noqa: E402
 
 
@@ -113,8 +115,7 @@ def test_consistency_reward(think, expected):
 def test_consistency_reward_is_zero_without_format_and_safe_on_hostile_text():
     assert consistency_reward("<think>\n3+2+0=5\n</think>") == 0.0  # no answer block
     assert consistency_reward("\n3+2+0=5\n") == 0.0
-    for think in ["1" * 19_000, "(" * 10_000, "=" * 10_000 + "x", "\n" * 19_000, "1=" * 9_000 + " no",
-                  "\x00\n٣=٣", "0" * 1_000_000]:
+    for think in (*rewards.HOSTILE_ANSWERS, "\n" * 19_000):
         start = time.perf_counter()
         value = consistency_reward(f"<think>{think}</think><answer>1</answer>")
         assert 0.0 <= value <= 1.0

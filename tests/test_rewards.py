@@ -199,13 +199,7 @@ def test_hacking(completion, reference, numbers, fmt):
 
 # ---------------------------------------------------------------- adversarial input
 
-ADVERSARIAL = [
-    "9**9**9**9", "10**10**10", "2**2**2**2**2**2", "factorial(10**9)",
-    "__import__('os').system('touch PWNED')", "().__class__.__base__.__subclasses__()",
-    "(" * 10_000 + "1" + ")" * 10_000, "(" * 90 + "1" + ")" * 90, "-" * 150 + "1", "x" * 1_000_000,
-    "\x00", "69\x0005", "٦٩٠٥", "６９０５", "1e999999", "-", "1/0", "0/0", "9" * 10_000,
-    "9" * 150,
-]
+ADVERSARIAL = rewards.HOSTILE_ANSWERS
 
 
 @pytest.mark.parametrize("case", ADVERSARIAL, ids=lambda c: repr(c[:24]))

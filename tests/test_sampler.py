@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model import KVCache, MoE, Transformer, build_model, preset
-from sampler import bench_sampler, generate
+from sampler import generate
+from tools.bench import bench_sampler
 
 RAGGED = [[3, 1, 4, 1, 5], [9], [2, 6, 5, 3, 5, 8, 9, 7], [3, 1, 4, 1, 5], [7, 7]]  # duplicate on purpose
 

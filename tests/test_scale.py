@@ -26,7 +26,8 @@ import train_grpo  # noqa: E402
 from data import default_tokenizer  # noqa: E402
 from model import build_model, preset  # noqa: E402
 from runs import Metrics, World, load_checkpoint  # noqa: E402
-from train import TrainConfig, load_run, pretrain_batches, save_run_files, train_lm  # noqa: E402
+from train import TrainConfig, pretrain_batches, train_lm  # noqa: E402
+from runs import load_run, save_run_files  # noqa: E402
 from train_grpo import GRPOConfig  # noqa: E402
 
 pytestmark = pytest.mark.distributed

@@ -28,8 +28,8 @@ from data import Tokenizer, completion, default_tokenizer, eval_set, prompt  # n
 from evaluate import evaluate  # noqa: E402
 from model import build_model, preset  # noqa: E402
 from runs import R1Error, load_checkpoint, save_checkpoint  # noqa: E402
-from train import (TrainConfig, collate, load_run, lr_at, pretrain_batches, read_jsonl, save_run_files,  # noqa: E402
-                   train_lm)
+from runs import load_run, save_run_files  # noqa: E402
+from train import TrainConfig, collate, lr_at, pretrain_batches, read_jsonl, train_lm  # noqa: E402
 
 CPU = torch.device("cpu")
 SMALL = dict(dim=32, inter_dim=64, moe_inter_dim=32, n_layers=2, kv_lora_rank=16, qk_nope_head_dim=8,

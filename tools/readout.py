@@ -25,7 +25,8 @@ import rewards
 from data import prompt, solution_steps
 from runs import pick_device
 from sampler import generate
-from train import eval_problems, load_run
+from runs import load_run
+from data import eval_problems
 
 
 @torch.no_grad()

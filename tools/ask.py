@@ -18,7 +18,7 @@ The reference answer is computed, not looked up: the same arithmetic the generat
 countdown a solution found by search (data.countdown.solve). The completion is marked with the
 accuracy reward GRPO trained on (rewards.accuracy_reward, via evaluate.score).
 
-What a run was trained on is in its config.json (train.save_run_files): {"stage": ..., STAGE: its
+What a run was trained on is in its config.json (runs.save_run_files): {"stage": ..., STAGE: its
 config, "init": the run it started from}. The tasks and difficulty of a pre-training run are those of
 its corpus, of a GRPO run those of its RL prompts; an SFT stage's say nothing (its data does), so for
 it the chain of "init" runs is walked up to the nearest stage that chose its tasks.

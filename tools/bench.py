@@ -18,21 +18,24 @@
   width (the cost of MoE dispatch); where bf16 is a fast path, also the same steps under bf16 autocast
   against fp32: the measurement behind runs.autocast keeping CPU training in fp32;
 - sampler: tokens/s with the latent KV cache vs re-running the whole sequence, and self-speculative
-  MTP decoding vs plain (sampler.bench_sampler);
-- rewards: calls/s and the worst adversarial call (rewards.bench_rewards).
+  MTP decoding vs plain (bench_sampler below);
+- rewards: calls/s and the worst call over rewards.HOSTILE_ANSWERS (bench_rewards below).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import random
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+import rewards
 from model import build_model, count_params, flops_per_token, preset
+from sampler import generate
 
 # The /proc/cpuinfo flags that decide fp32/bf16 matmul speed: x86 ("flags") and arm64 ("Features").
 # Informational only: whether a path is fast is measured (matmul_peaks), not read from a flag.
@@ -168,12 +171,10 @@ def bench_train(compile: bool = False):
 def bench_sampling(run: str | None = None):
     """Random-weight tiny and small models; with `run`, also that trained model on real prompts
     (where the MTP draft is worth something: acceptance on random weights is ~0)."""
-    from sampler import bench_sampler
-
     models = [(f"{name} preset (random weights)", build_model(preset(name), seed=0), None) for name in ("tiny", "small")]
     if run is not None:
         from data import eval_set, prompt
-        from train import load_run
+        from runs import load_run
 
         model, tok, _ = load_run(run)
         prompts = [tok.encode(prompt(p), bos=True) for p in eval_set("add", 64)]
@@ -185,9 +186,7 @@ def bench_sampling(run: str | None = None):
 
 
 def bench_reward_fns():
-    import rewards
-
-    r = rewards.bench_rewards()
+    r = bench_rewards()
     print("rewards: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
 
 
@@ -198,3 +197,96 @@ def main(only: str | None = None, compile: bool = False, run: str | None = None)
         bench_sampling(run)
     if only in (None, "rewards"):
         bench_reward_fns()
+
+
+# --------------------------------------------------------------------------------------------
+# The sampler and the rewards
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _greedy_no_cache(model, prompts: list[list[int]], new_tokens: int, pad_id: int) -> torch.Tensor:
+    """The baseline: re-run the whole left-padded sequence every step, no cache. -> [N, L]."""
+    device = next(model.parameters()).device
+    P = max(len(p) for p in prompts)
+    seq = torch.tensor([[pad_id] * (P - len(p)) + p for p in prompts], device=device)  # [N, P]
+    mask = torch.tensor([[False] * (P - len(p)) + [True] * len(p) for p in prompts], device=device)
+    for _ in range(new_tokens):
+        nxt = model(seq, pad_mask=mask)[:, -1].argmax(-1, keepdim=True)  # [N, 1]
+        seq, mask = torch.cat([seq, nxt], 1), torch.cat([mask, torch.ones_like(nxt, dtype=torch.bool)], 1)
+    return seq[:, P:]
+
+
+def bench_sampler(model, batch_sizes=(1, 16, 64), new_tokens: int = 128, prompt_len: int = 30,
+                  no_cache_max_batch: int = 16, seed: int = 0, prompts: list[list[int]] | None = None) -> list[dict]:
+    """Greedy decode tokens/s: with the cache vs re-running the full sequence each step (skipped
+    above `no_cache_max_batch` rows: quadratic and slow), and speculative vs plain (with the
+    MTP acceptance rate). No EOS, so every row makes exactly `new_tokens` tokens. Random prompts
+    unless `prompts` (say, real task prompts for a trained model) are given."""
+    rng = random.Random(seed)
+    was_training = model.training
+    model.eval()
+    W = model.cfg.vocab_size
+    rows = []
+    for B in batch_sizes:
+        batch = ([[rng.randrange(W) for _ in range(prompt_len - rng.randrange(4))] for _ in range(B)]
+                 if prompts is None else [prompts[i % len(prompts)] for i in range(B)])
+        kw = dict(max_new_tokens=new_tokens, temperature=0.0, eos_id=-1, pad_id=0)
+        row = {"batch": B, "new_tokens": new_tokens}
+        t0 = time.perf_counter()
+        plain = generate(model, batch, **kw)
+        row["cached_tok_s"] = B * new_tokens / (time.perf_counter() - t0)
+        if B <= no_cache_max_batch:
+            t0 = time.perf_counter()
+            _greedy_no_cache(model, batch, new_tokens, pad_id=0)
+            row["no_cache_tok_s"] = B * new_tokens / (time.perf_counter() - t0)
+            row["cache_speedup"] = row["cached_tok_s"] / row["no_cache_tok_s"]
+        else:
+            row["no_cache_tok_s"] = row["cache_speedup"] = None
+            row["note"] = f"no-cache run skipped above batch {no_cache_max_batch} (quadratic)"
+        if model.cfg.mtp_depth >= 1:
+            t0 = time.perf_counter()
+            spec = generate(model, batch, speculative=True, **kw)
+            row["spec_tok_s"] = B * new_tokens / (time.perf_counter() - t0)
+            row["spec_speedup"] = row["spec_tok_s"] / row["cached_tok_s"]
+            row["acceptance"] = spec.accepted / max(spec.proposed, 1)
+            row["spec_matches_plain"] = bool(torch.equal(spec.tokens, plain.tokens))
+        rows.append(row)
+    model.train(was_training)
+    return rows
+
+
+def bench_rewards(n: int = 1000, seed: int = 0) -> dict:
+    """Throughput of `reward` on a mix of right, wrong, malformed and countdown completions, and the
+    slowest single call over rewards.HOSTILE_ANSWERS (each wrapped in a well-formed completion)."""
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(n):
+        a, b = rng.randrange(10_000), rng.randrange(10_000)
+        steps = " ".join(str(rng.randrange(10)) for _ in range(rng.randrange(200)))
+        think = f"<think>{a}+{b} {steps}</think>"
+        kind = rng.random()
+        if kind < 0.4:
+            cases.append((f"{think} <answer>{a + b}</answer>\n", str(a + b), None))
+        elif kind < 0.7:
+            cases.append((f"{think}<answer>{a + b + rng.randrange(1, 9)}</answer>", str(a + b), None))
+        elif kind < 0.9:
+            cases.append((f"{think}<answer>{a + b}", str(a + b), None))  # truncated
+        else:
+            cases.append((f"{think}<answer>(3*25-50)*7</answer>", "175", (3, 7, 25, 50)))
+    start = time.perf_counter()
+    for completion, ref, numbers in cases:
+        rewards.reward(completion, ref, numbers)
+    elapsed = time.perf_counter() - start
+    worst, worst_case = 0.0, ""
+    for case in rewards.HOSTILE_ANSWERS:
+        completion = f"<think>x</think><answer>{case}</answer>"
+        t0 = time.perf_counter()
+        rewards.reward(completion, "6905")
+        rewards.reward(completion, "175", (3, 7, 25, 50))
+        rewards.answers_equal(case, "6905")
+        took = time.perf_counter() - t0
+        if took > worst:
+            worst, worst_case = took, case[:40]
+    return {"calls_per_s": round(n / elapsed), "n_completions": n,
+            "adversarial_worst_s": worst, "adversarial_worst_case": worst_case}

@@ -5,7 +5,7 @@ the Hub tooling), and a DeepSeek-V3-format checkpoint made elsewhere (e.g. a ran
 transformers, or a dequantised public one that fits) can be run, sampled and trained by r1.py.
 
     export_hf("runs/base", "hf/base")      # config.json, model.safetensors, tokenizer files
-    import_hf("hf/base", "runs/imported")  # ckpt/, config.json, tokenizer.json: a run train.load_run reads
+    import_hf("hf/base", "runs/imported")  # ckpt/, config.json, tokenizer.json: a run runs.load_run reads
 
 Conventions handled (checked numerically by tests/test_interop.py against transformers 5.x):
 - Names. Ours follow the reference `inference/model.py`; the Hub checkpoints use HF names:
@@ -60,7 +60,7 @@ import torch
 from data.tokenizer import BOS, EOS, PAD, UNK, Tokenizer
 from model import ModelConfig, build_model
 from runs import R1Error, check_deletable, prepare_run_dir, save_checkpoint
-from train import load_run, save_run_files
+from runs import load_run, save_run_files
 
 _PARTS = {  # our module name -> HF module name (one dotted component each)
     "embed": "embed_tokens", "attn": "self_attn", "ffn": "mlp",
