@@ -403,8 +403,6 @@ class Gate(nn.Module):
 class MoE(nn.Module):
     """Shared experts (every token, weight 1) plus the top-K routed experts of each token."""
 
-    record = False  # set True to keep last_idx (routing-mismatch diagnostics)
-
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -414,7 +412,6 @@ class MoE(nn.Module):
                                if cfg.n_shared_experts > 0 else None)
         # tokens routed to each expert since the last reset_load(): read by the training loop
         self.register_buffer("load", torch.zeros(cfg.n_routed_experts), persistent=False)
-        self.last_idx: torch.Tensor | None = None  # [M, K] of the last forward, when recording
 
     def forward(self, x, token_mask=None):
         """x [B, T, D]; token_mask [B, T] (True = real token) -> (y [B, T, D], balance loss)."""
@@ -425,8 +422,6 @@ class MoE(nn.Module):
         with torch.no_grad():
             counted = idx if token_mask is None else idx[token_mask.reshape(-1)]
             self.load += torch.bincount(counted.flatten(), minlength=cfg.n_routed_experts).to(self.load)
-            if self.record:
-                self.last_idx = idx
         # dispatch: sort the M*K (token, expert) pairs by expert, run each expert on its slice only
         order = idx.flatten().argsort(stable=True)  # [M*K]
         counts = torch.bincount(idx.flatten(), minlength=cfg.n_routed_experts).tolist()
@@ -510,6 +505,12 @@ class MTP(nn.Module):
         self.eh_proj = nn.Linear(2 * cfg.dim, cfg.dim, bias=False)
         self.block = Block(cfg, layer_id)  # a full MLA + (MoE) block, like the main layers
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)  # the MTP head's own final norm
+
+    def forward(self, e, h_prev, cos, sin, mask, token_mask=None, cache=None, layer: int = 0, absorb: bool = False):
+        """e [B, T, D] embeddings of the tokens one step ahead (the shared embedding's output), h_prev
+        [B, T, D] the previous depth's hidden states -> (h [B, T, D], balance loss)."""
+        x = self.eh_proj(torch.cat([self.enorm(e), self.hnorm(h_prev)], dim=-1))  # [B, T, D]
+        return self.block(x, cos, sin, mask, token_mask, cache, layer, absorb)
 
 
 class Transformer(nn.Module):
@@ -657,11 +658,8 @@ class Transformer(nn.Module):
         for depth 0), next_tokens [B, T] (the token one step ahead of each position) -> (h [B, T, D],
         balance loss). At inference the MTP blocks keep their own cache (`new_cache(..., mtp=True)`, layer
         `depth`), since they run one token behind the main model; the caller advances it."""
-        mod = self.mtp[depth]
-        e = self.embed(next_tokens)  # shared embedding [B, T, D]
-        x = mod.eh_proj(torch.cat([mod.enorm(e), mod.hnorm(h_prev)], dim=-1))  # [B, T, D]
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
-        return mod.block(x, cos, sin, mask, token_mask, cache, depth, absorb)
+        return self.mtp[depth](self.embed(next_tokens), h_prev, cos, sin, mask, token_mask, cache, depth, absorb)
 
     def mtp_logits(self, depth: int, h):
         return self.head(self.mtp[depth].norm(h))  # shared head [B, T, W]

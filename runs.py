@@ -538,7 +538,7 @@ def read_dcp(path: Path) -> dict:
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save  # DCP's file reader only
 
     if not (path / "meta.pt").is_file():
-        raise R1Error(f"checkpoint folder {path} has no meta.pt: it was not written by scale/train.py")
+        raise R1Error(f"checkpoint folder {path} has no meta.pt: it was not written by scale/launch.py")
     meta = torch.load(path / "meta.pt", weights_only=True)
     with tempfile.TemporaryDirectory() as tmp:
         dcp_to_torch_save(path, Path(tmp) / "state.pt")

@@ -225,31 +225,40 @@ def reflection_count(text: str) -> int:
 
 
 class RoutingRecorder:
-    """Records which experts each MoE layer picked in single-token (decode) forwards, to measure
-    the fraction of tokens routed differently in sampling and in the training forward."""
+    """The experts each main-layer MoE picked, read by forward hooks on the gates (the model itself
+    keeps nothing for this diagnostic). In sampling (`decode`), the [N, K] experts of each decode step's
+    token; in a training forward, `last`: the [M, K] experts of every token of the last forward."""
 
-    def __init__(self, model: Transformer):
-        self.model, self.steps, self.handles = model, [], []
+    def __init__(self, model: Transformer, decode: bool = True):
+        self.model, self.decode, self.handles = model, decode, []
+        self.steps: list[list[torch.Tensor]] = []
+        self.last: list[torch.Tensor | None] = []
 
     def __enter__(self):
         moes = self.model.moe_layers()[: len(self.model.layers)]  # main layers only (not MTP)
-        self.steps = [[] for _ in moes]
+        self.steps, self.last = [[] for _ in moes], [None for _ in moes]
 
-        def hook(i):
+        def on_gate(i):
+            def fn(mod, inp, out):  # Gate.forward -> (gates, idx [M, K], scores)
+                self.last[i] = out[1]
+            return fn
+
+        def on_moe(i):
             def fn(mod, inp, out):
-                if inp[0].shape[1] == 1 and mod.last_idx is not None:
-                    self.steps[i].append(mod.last_idx.view(inp[0].shape[0], -1))  # [N, K]
+                x = inp[0]  # [N, T, D]
+                if x.shape[1] == 1:
+                    self.steps[i].append(self.last[i].view(x.shape[0], -1))  # [N, K]
             return fn
         for i, m in enumerate(moes):
-            m.record = True
-            self.handles.append(m.register_forward_hook(hook(i)))
+            self.handles.append(m.gate.register_forward_hook(on_gate(i)))
+            if self.decode:
+                self.handles.append(m.register_forward_hook(on_moe(i)))
         return self
 
     def __exit__(self, *exc):
         for h in self.handles:
             h.remove()
-        for m in self.model.moe_layers():
-            m.record, m.last_idx = False, None
+        self.handles = []
 
     def per_token(self) -> list[torch.Tensor]:
         """Per MoE layer: [N, steps, K] sorted expert ids of decode step s's input token."""
@@ -321,17 +330,18 @@ def rollout_stats(ro: Rollout, parts, tok, G: int) -> dict:
     }
 
 
-def routing_mismatch(model: Transformer, sampled: list[torch.Tensor], ro: Rollout, rows) -> float | None:
-    """Fraction of (token, layer) pairs whose expert set differs between the sampling pass and the
-    training forward that just ran (the MoE train/inference routing mismatch of large-scale RL)."""
-    moes = model.moe_layers()[: len(model.layers)]
-    if not sampled or not moes or moes[0].last_idx is None:
+def routing_mismatch(trained: list[torch.Tensor | None], sampled: list[torch.Tensor], ro: Rollout,
+                     rows) -> float | None:
+    """Fraction of (token, layer) pairs whose expert set differs between the sampling pass (`sampled`)
+    and the training forward that just ran (`trained`, RoutingRecorder.last): the MoE train/inference
+    routing mismatch of large-scale RL."""
+    if not sampled or not trained or trained[0] is None:
         return None
     P, L = ro.prompt_len, ro.completion_mask.shape[1]
     n = len(rows)
     diff, total = 0, 0
-    for m, s in zip(moes, sampled):
-        train_idx = m.last_idx.view(n, P + L, -1).sort(-1).values  # [n, P+L, K]
+    for idx, s in zip(trained, sampled):
+        train_idx = idx.view(n, P + L, -1).sort(-1).values  # [n, P+L, K]
         steps = s.shape[1]  # decode step j takes completion token j as input
         t = train_idx[:, P:P + steps]  # [n, steps, K]
         valid = ro.completion_mask[rows, :steps]
@@ -350,6 +360,72 @@ def loss_denominator(mask: torch.Tensor, loss_type: str) -> torch.Tensor:
     """What grpo_loss divides this mini-batch's summed terms by, up to a constant: its tokens
     (dapo) or its sequences (grpo: a mean of sequence means; dr_grpo: sequences x L_max)."""
     return mask.sum().clamp(min=1).float() if loss_type == "dapo" else torch.tensor(float(len(mask)))
+
+
+def grpo_update(model: Transformer, ref, opt, ro: Rollout, sampled_routing, cfg: GRPOConfig, step: int, device,
+                world: World) -> dict:
+    """Steps 3-5 of a GRPO step, on a rollout already sampled and scored: which groups carry signal,
+    mu epochs of the clipped loss over mini-batches, the MoE bias update. -> the step's training stats."""
+    G = cfg.num_generations
+    # 3. advantages (computed in rollout) and which groups carry signal
+    keep = torch.ones(len(ro.texts), dtype=torch.bool)
+    if cfg.dynamic_sampling:
+        keep = (ro.rewards.view(-1, G).std(1) > 0).repeat_interleave(G)
+    loss_mask = ro.completion_mask.clone()
+    if cfg.mask_truncated_completions:
+        loss_mask &= ~ro.truncated.unsqueeze(1)
+    rows_all = keep.nonzero().flatten()
+    n_kept = int(world.all_reduce_sum(torch.tensor(len(rows_all))))  # every rank takes the same steps
+    # 4. mu epochs over mini-batches
+    losses, clip, kls, ents, ratios, mismatch = [], [], [], [], [], []
+    model.reset_expert_load()  # the training forwards count the rollout's expert loads
+    for _ in range(cfg.num_iterations):
+        if n_kept == 0:
+            break
+        perm = rows_all[torch.randperm(len(rows_all))]
+        for rows in perm.tensor_split(min(cfg.num_minibatches, n_kept)):
+            # a rank with no rows in this mini-batch still joins the sharded forward and
+            # backward, on one row whose loss weighs 0
+            weight = 1.0 if len(rows) else 0.0
+            rows = rows if len(rows) else torch.zeros(1, dtype=torch.long)
+            measure = bool(sampled_routing) and not mismatch and not losses  # first mini-batch only
+            with RoutingRecorder(model, decode=False) as routed, autocast(device):
+                logp, ent = completion_logprobs(model, ro, rows, cfg.temperature)
+                ref_logp = None
+                if ref is not None:
+                    with torch.no_grad():
+                        ref_logp, _ = completion_logprobs(ref, ro, rows, cfg.temperature)
+            if measure:
+                mm = routing_mismatch(routed.last, sampled_routing, ro, rows)
+                mismatch += [] if mm is None else [mm]
+            loss, st = grpo_loss(logp, ro.old_logp[rows], ro.advantages[rows], loss_mask[rows], ref_logp=ref_logp,
+                                 beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                                 loss_type=cfg.loss_type, max_len=cfg.max_completion_length)
+            # this rank's share of the global normaliser (exactly 1.0 in one process)
+            denom = loss_denominator(loss_mask[rows], cfg.loss_type) * weight
+            loss = loss * (denom * world.world_size / world.all_reduce_sum(denom))
+            if not torch.isfinite(loss):  # a NaN stops the run: it is never skipped silently
+                raise R1Error(f"grpo step {step}: the loss is {loss.item()} (non-finite); "
+                              f"lower --learning-rate (now {cfg.learning_rate}) or check the run's samples.txt")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            m = loss_mask[rows].float()
+            losses.append(float(world.all_reduce_mean(loss.detach())))
+            clip.append(st["clip_frac"])
+            ratios.append(st["ratio"])
+            ents.append(float((ent.detach() * m).sum() / m.sum().clamp(min=1)))
+            if st["kl"] is not None:
+                kls.append(st["kl"])
+    # 5. MoE bias update from the rollout's loads (all ranks')
+    load = world.all_reduce_sum(model.expert_load())
+    if n_kept:
+        model.update_biases(load)
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    return {"loss": mean(losses), "clip_frac": mean(clip), "ratio": mean(ratios), "entropy": mean(ents),
+            "kl": mean(kls), "groups_used": n_kept // G, "load_max_over_mean": model.load_imbalance(load),
+            "routing_mismatch": mean(mismatch)}
 
 
 def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, state: dict | None = None,
@@ -385,74 +461,12 @@ def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, stat
             ro, problems, parts, sampled_routing = rollout(sampler_model, tok, cfg, step, device, world)
         t_sample = time.perf_counter() - t0
         stats = rollout_stats(ro, parts, tok, G)
-        # 3. advantages (computed in rollout) and which groups carry signal
-        keep = torch.ones(len(ro.texts), dtype=torch.bool)
-        if cfg.dynamic_sampling:
-            keep = (ro.rewards.view(-1, G).std(1) > 0).repeat_interleave(G)
-        loss_mask = ro.completion_mask.clone()
-        if cfg.mask_truncated_completions:
-            loss_mask &= ~ro.truncated.unsqueeze(1)
-        rows_all = keep.nonzero().flatten()
-        n_kept = int(world.all_reduce_sum(torch.tensor(len(rows_all))))  # every rank takes the same steps
-        # 4. mu epochs over mini-batches
-        losses, clip, kls, ents, ratios, mismatch = [], [], [], [], [], []
-        model.reset_expert_load()  # the training forwards count the rollout's expert loads
-        for _ in range(cfg.num_iterations):
-            if n_kept == 0:
-                break
-            perm = rows_all[torch.randperm(len(rows_all))]
-            for rows in perm.tensor_split(min(cfg.num_minibatches, n_kept)):
-                # a rank with no rows in this mini-batch still joins the sharded forward and
-                # backward, on one row whose loss weighs 0
-                weight = 1.0 if len(rows) else 0.0
-                rows = rows if len(rows) else torch.zeros(1, dtype=torch.long)
-                measure = bool(sampled_routing) and not mismatch and not losses  # first mini-batch only
-                for m in model.moe_layers():
-                    m.record = measure
-                with autocast(device):
-                    logp, ent = completion_logprobs(model, ro, rows, cfg.temperature)
-                    ref_logp = None
-                    if ref is not None:
-                        with torch.no_grad():
-                            ref_logp, _ = completion_logprobs(ref, ro, rows, cfg.temperature)
-                if measure:
-                    mm = routing_mismatch(model, sampled_routing, ro, rows)
-                    mismatch += [] if mm is None else [mm]
-                    for m in model.moe_layers():
-                        m.record, m.last_idx = False, None
-                loss, st = grpo_loss(logp, ro.old_logp[rows], ro.advantages[rows], loss_mask[rows], ref_logp=ref_logp,
-                                     beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                                     loss_type=cfg.loss_type, max_len=cfg.max_completion_length)
-                # this rank's share of the global normaliser (exactly 1.0 in one process)
-                denom = loss_denominator(loss_mask[rows], cfg.loss_type) * weight
-                loss = loss * (denom * world.world_size / world.all_reduce_sum(denom))
-                if not torch.isfinite(loss):  # a NaN stops the run: it is never skipped silently
-                    raise R1Error(f"grpo step {step}: the loss is {loss.item()} (non-finite); "
-                                  f"lower --learning-rate (now {cfg.learning_rate}) or check the run's samples.txt")
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                m = loss_mask[rows].float()
-                losses.append(float(world.all_reduce_mean(loss.detach())))
-                clip.append(st["clip_frac"])
-                ratios.append(st["ratio"])
-                ents.append(float((ent.detach() * m).sum() / m.sum().clamp(min=1)))
-                if st["kl"] is not None:
-                    kls.append(st["kl"])
-        # 5. MoE bias update from the rollout's loads (all ranks'), and the reference reset
-        load = world.all_reduce_sum(model.expert_load())
-        if n_kept:
-            model.update_biases(load)
+        # 3.-5. advantages, the clipped loss over mini-batches, the MoE bias update
+        upd = grpo_update(model, ref, opt, ro, sampled_routing, cfg, step, device, world)
+        # 6. the reference reset, then log (rank 0; rollout statistics averaged over ranks)
         if ref is not None and (step + 1) % cfg.ref_reset_every == 0:
             ref.load_state_dict(model.state_dict())
-        # 6. log (rank 0; rollout statistics averaged over ranks, each holding B / world_size prompts)
-        mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-        imbalance = model.load_imbalance(load)
-        last = {"step": step + 1, **stats, "loss": mean(losses), "clip_frac": mean(clip), "ratio": mean(ratios),
-                "entropy": mean(ents), "kl": mean(kls), "groups_used": n_kept // G,
-                "load_max_over_mean": imbalance, "routing_mismatch": mean(mismatch),
-                "sample_s": t_sample, "step_s": time.perf_counter() - t0}
+        last = {"step": step + 1, **stats, **upd, "sample_s": t_sample, "step_s": time.perf_counter() - t0}
         last = rank_means(last, world)
         if world.is_main:
             metrics.log(stage="grpo", **last)

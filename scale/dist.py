@@ -49,7 +49,7 @@ def choose_backend(device_name: str, backend: str, local_world_size: int) -> tup
     """(device type, backend) for --device / --backend, checked before any process group exists:
     every rank reaches the same verdict, so a bad choice stops all of them with one message."""
     if device_name not in ("auto", "cpu", "cuda"):
-        raise R1Error(f"--device {device_name!r}: scale/train.py runs on cuda or cpu")
+        raise R1Error(f"--device {device_name!r}: scale/launch.py runs on cuda or cpu")
     if backend not in ("auto", "nccl", "gloo"):
         raise R1Error(f"--backend {backend!r}: choose auto, nccl or gloo")
     cuda = device_name == "cuda" or (device_name == "auto" and backend != "gloo" and torch.cuda.is_available())
@@ -77,7 +77,7 @@ def init_world(device_name: str = "auto", backend: str = "auto", *, store=None, 
     device, backend = choose_backend(device_name, backend, env_int("LOCAL_WORLD_SIZE", world_size))
     if store is None and "MASTER_ADDR" not in os.environ:
         raise R1Error("no process group to join: launch with torchrun (torchrun --standalone --nproc-per-node=N "
-                      "-- scale/train.py ...), or use python r1.py for one process")
+                      "-m -- scale.launch ...), or use python r1.py for one process")
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One node: NGPUS processes of scale/train.py (NGPUS=0 or no GPU: 2 CPU processes on gloo).
+# One node: NGPUS processes of scale/launch.py (NGPUS=0 or no GPU: 2 CPU processes on gloo).
 #   NGPUS=8 scale/run.sh pretrain --run runs/base --preset small
 #   NGPUS=8 scale/run.sh grpo --init runs/base --run runs/zero
 # Several nodes: set NNODES, NODE_RANK is not needed (c10d rendezvous), RDZV_ENDPOINT=host:port of
@@ -23,4 +23,4 @@ else
 fi
 # `--` ends torchrun's own options: without it torchrun 2.13 reads our --run as its --run-path
 exec torchrun "${LAUNCH[@]}" --nproc-per-node="$NPROC" --max-restarts="${MAX_RESTARTS:-1}" \
-  -- scale/train.py "$@" "${EXTRA[@]}"
+  -m -- scale.launch "$@" "${EXTRA[@]}"

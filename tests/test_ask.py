@@ -14,11 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(1)  # 2 cores shared with other test runs: no oversubscription
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from tools import ask  # noqa: E402
 import evaluate  # noqa: E402
@@ -29,7 +25,8 @@ from data import (DIFFICULTIES, TASKS, completion, default_tokenizer, describe, 
 from model import build_model, preset  # noqa: E402
 from runs import R1Error, save_checkpoint  # noqa: E402
 from sampler import generate  # noqa: E402
-from test_cli import SMALL, assert_error, inproc, tree  # noqa: E402
+from conftest import SMALL, assert_error, inproc  # noqa: E402
+from test_cli import tree  # noqa: E402
 from runs import load_run, save_run_files  # noqa: E402
 
 

@@ -24,11 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(1)  # 2 cores shared with other test runs: no oversubscription
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import r1  # noqa: E402
 import report  # noqa: E402, F401 -- matplotlib builds its font cache under HOME once, here, not inside a case
@@ -37,10 +34,8 @@ from data import default_tokenizer  # noqa: E402
 from model import build_model, preset  # noqa: E402
 from train import TrainConfig, pretrain_batches, train_lm  # noqa: E402
 from runs import save_run_files  # noqa: E402
-from train_grpo import GRPOConfig  # noqa: E402
+from conftest import SMALL  # noqa: E402
 
-SMALL = dict(dim=32, inter_dim=64, moe_inter_dim=32, n_layers=2, kv_lora_rank=16, qk_nope_head_dim=8,
-             qk_rope_head_dim=8, v_head_dim=8, n_heads=2)
 CPU = ["--device", "cpu", "--quiet"]
 SFT_OK = '{"prompt": "User: 1+2\\nAssistant:", "completion": "<think></think><answer>3</answer>"}\n'
 
@@ -372,8 +367,8 @@ def test_overwrite_empties_only_a_marked_run(tmp_path, valid):
 
 
 def test_torchrun_bad_launch_is_one_line(tmp_path, monkeypatch, capsys):
-    """scale/train.py outside torchrun, and a global batch that does not split: one line, exit 2."""
-    from scale.train import main
+    """scale/launch.py outside torchrun, and a global batch that does not split: one line, exit 2."""
+    from scale.launch import main
     for var in ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RESTART_COUNT"):
         monkeypatch.delenv(var, raising=False)
     assert main(["pretrain", "--run", str(tmp_path / "a"), "--device", "cpu"]) == 2

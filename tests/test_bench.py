@@ -7,15 +7,10 @@ shows through. Three stand-ins, measured on this repo's machines: a Zen 3 withou
 Zen 4 with fast bf16 (2.2x fp32). Hermetic, CPU-only, a few seconds.
 """
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from tools import bench  # noqa: E402
 import runs  # noqa: E402

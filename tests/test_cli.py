@@ -9,36 +9,28 @@ exception turned into a "Traceback" failure: the same checks at a fraction of th
 A tiny valid run, made in-process with train_lm, is shared by the module.
 """
 import argparse
-import contextlib
 import dataclasses
 import hashlib
-import io
 import os
 import shlex
-import traceback
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-torch.set_num_threads(1)  # 2 cores shared with other test runs: no oversubscription
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import r1  # noqa: E402
 from data import default_tokenizer  # noqa: E402
 from model import build_model, preset  # noqa: E402
 from train import TrainConfig, pretrain_batches, train_lm  # noqa: E402
 from runs import save_run_files  # noqa: E402
+from conftest import SMALL, assert_error, inproc  # noqa: E402
 
-SMALL = dict(dim=32, inter_dim=64, moe_inter_dim=32, n_layers=2, kv_lora_rank=16, qk_nope_head_dim=8,
-             qk_rope_head_dim=8, v_head_dim=8, n_heads=2)
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -48,34 +40,8 @@ def cli(*args, timeout=120):
                           timeout=timeout, env=env)
 
 
-def inproc(*args):
-    """r1.main(argv) with its output captured, as a CompletedProcess-like namespace."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = r1.main([str(a) for a in args])
-        except SystemExit as e:  # argparse
-            rc = e.code
-        except BaseException:  # noqa: BLE001 -- what `python r1.py` would print as a traceback
-            rc = 1
-            err.write(traceback.format_exc())
-    return SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())
-
-
 # run as real `python r1.py` processes; the others in-process (see the module docstring)
 SUBPROCESS = {"help", "params", "pretrain_steps", "pretrain_exists", "grpo_too_long"}
-
-
-def assert_error(res, *needles):
-    """Exit code 2, one stderr line "error: ...", no traceback anywhere; the message names `needles`."""
-    assert res.returncode == 2, (res.returncode, res.stdout[-2000:], res.stderr[-2000:])
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error:"), res.stderr
-    assert "Traceback" not in res.stderr + res.stdout
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def tree(path: Path) -> dict:

@@ -11,11 +11,9 @@ import train_grpo
 from data import default_tokenizer
 from model import build_model, preset
 from train_grpo import GRPOConfig, completion_logprobs, group_advantages, grpo_loss, rollout
+from conftest import SMALL  # noqa: E402
 
-torch.set_num_threads(1)
 
-SMALL = dict(dim=32, inter_dim=64, moe_inter_dim=32, n_layers=2, n_heads=2, kv_lora_rank=16,
-             qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8)
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,12 @@ thread, models of a few hundred thousand parameters.
 """
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-torch.set_num_threads(1)  # 2 cores shared with other jobs
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")

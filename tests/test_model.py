@@ -26,15 +26,6 @@ MICRO = dict(vocab_size=32, dim=32, inter_dim=64, moe_inter_dim=16, n_layers=3, 
 YARN = dict(max_seq_len=256, original_seq_len=64, rope_theta=500.0, rope_factor=8.0, mscale=0.9)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny shapes gain nothing from threads, and on a shared 2-core machine OpenMP threads contend
-    (a 0.02 s forward took 2.5 s under load). Restored after this module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def micro_cfg(**overrides) -> ModelConfig:
     return ModelConfig(**{**MICRO, **overrides})

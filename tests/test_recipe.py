@@ -6,21 +6,16 @@ rejection sampling keeps only verified training samples, bad input is one line a
 import itertools
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-torch.set_num_threads(1)  # 2 cores shared with other test runs: no oversubscription
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import recipe  # noqa: E402
-from data import DIFFICULTIES, TASKS, Tokenizer, default_tokenizer, make_problem, prompt, solution_steps, split_of  # noqa: E402
+from data import DIFFICULTIES, TASKS, Tokenizer, default_tokenizer, make_problem, prompt, split_of  # noqa: E402
 from data.cold_start import cold_start_set, readable_completion  # noqa: E402
 from evaluate import majority_vote, pass_at_k  # noqa: E402
 from model import build_model, preset  # noqa: E402

@@ -15,15 +15,6 @@ from tools.bench import bench_sampler
 RAGGED = [[3, 1, 4, 1, 5], [9], [2, 6, 5, 3, 5, 8, 9, 7], [3, 1, 4, 1, 5], [7, 7]]  # duplicate on purpose
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: one intra-op thread is about as fast alone, and 5-10x faster when
-    another process shares the 2 cores (two threads then spin on each other). Restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def tiny64():

@@ -5,7 +5,6 @@ one-line errors of bad launches, and the planner's figures against hand arithmet
 One 2-process group (torch.multiprocessing.spawn + FileStore, no torchrun) runs every two-rank
 scenario once per module; the one-process references run here, in the pytest process. CPU only.
 """
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,6 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-torch.set_num_threads(1)  # 2 cores shared with other test runs: no oversubscription
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -29,12 +27,11 @@ from runs import Metrics, World, load_checkpoint  # noqa: E402
 from train import TrainConfig, pretrain_batches, train_lm  # noqa: E402
 from runs import load_run, save_run_files  # noqa: E402
 from train_grpo import GRPOConfig  # noqa: E402
+from conftest import SMALL  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 
 CPU = torch.device("cpu")
-SMALL = dict(dim=32, inter_dim=64, moe_inter_dim=32, n_layers=2, kv_lora_rank=16, qk_nope_head_dim=8,
-             qk_rope_head_dim=8, v_head_dim=8, n_heads=2)
 N = 4  # pre-training steps; runs are interrupted right after the checkpoint at N/2
 
 
@@ -236,9 +233,12 @@ def test_a_prompts_samples_do_not_depend_on_the_other_prompts_in_the_batch():
 # ------------------------------------------------------------------ torchrun: restarts and bad launches
 
 
-def torchrun(args: list[str], env=None, nproc=2, extra=()):
+def torchrun(args: list[str], env=None, nproc=2, extra=(), kill_at: int | None = None):
+    """`torchrun -m -- scale.launch ARGS`; with `kill_at`, this file instead (see the end of it): the same
+    entry with the last rank SIGKILLing itself as pre-training step `kill_at` begins, first attempt only."""
+    entry = ["-m", "--", "scale.launch"] if kill_at is None else ["--", __file__, str(kill_at)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *extra,
-           "--", "scale/train.py", *args]
+           *entry, *args]
     # its own session, so that a timeout kills torchrun's workers too instead of leaving them behind
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env=os.environ | {"OMP_NUM_THREADS": "1"} | (env or {}), start_new_session=True) as proc:
@@ -259,7 +259,7 @@ def test_killed_rank_restarts_and_resumes_from_the_last_checkpoint(tmp_path):
     run = tmp_path / "ft"
     opts = ["--steps", "4", "--batch-size", "4", "--ckpt-every", "2", "--eval-every", "0", "--eval-n", "1",
             "--device", "cpu", "--quiet"]
-    p = torchrun(["pretrain", "--run", str(run), *opts], env={"R1_KILL_AT_STEP": "3"}, extra=["--max-restarts=1"])
+    p = torchrun(["pretrain", "--run", str(run), *opts], kill_at=3, extra=["--max-restarts=1"])
     assert p.returncode == 0, p.stderr[-3000:]
     assert "exitcode: -9" in p.stderr  # the kill did happen (torchrun reports the SIGKILLed rank)
     assert r1.main(["pretrain", "--run", str(tmp_path / "straight"), *opts]) == 0
@@ -274,7 +274,7 @@ def test_killed_rank_restarts_and_resumes_from_the_last_checkpoint(tmp_path):
 def test_bad_launches_end_with_one_line_from_rank_0(tmp_path, monkeypatch, capsys, rank):
     """Checked on every rank before any process group exists (so none can wait for another):
     exit code 2 everywhere, one line from rank 0, nothing from the others, nothing written."""
-    from scale.train import main
+    from scale.launch import main
     monkeypatch.setenv("RANK", str(rank))
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
@@ -331,3 +331,29 @@ def test_planner_counts_are_model_pys(capsys):
     assert main(["--preset", "tiny", "--gpus", "2", "--gpu-mem", "24"]) == 0
     assert "verdict: fits in memory under pure FSDP" in capsys.readouterr().out
     assert main(["--preset", "nope"]) == 2
+
+
+def killing_last_rank(step: int):
+    """Fault injection for the restart test: train.pretrain_batches wrapped so that the last rank
+    SIGKILLs itself as pre-training step `step` begins, on torchrun's first attempt only."""
+    import train
+
+    make_batches = train.pretrain_batches
+
+    def pretrain_batches(cfg):
+        batch = make_batches(cfg)
+
+        def killing(s):
+            if (s == step and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+                    and os.environ.get("RANK") == str(int(os.environ["WORLD_SIZE"]) - 1)):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return batch(s)
+        return killing
+    train.pretrain_batches = pretrain_batches  # cmd_pretrain looks it up when it runs
+
+
+if __name__ == "__main__":  # torchrun ... -- tests/test_scale.py STEP STAGE [options]: scale.launch with a fault
+    from scale.launch import main
+
+    killing_last_rank(int(sys.argv[1]))
+    sys.exit(main(sys.argv[2:]))

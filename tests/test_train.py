@@ -10,17 +10,12 @@ import copy
 import json
 import math
 import random
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-torch.set_num_threads(1)  # 2 cores shared with other test runs: no oversubscription
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import runs  # noqa: E402
 import train  # noqa: E402
@@ -30,10 +25,9 @@ from model import build_model, preset  # noqa: E402
 from runs import R1Error, load_checkpoint, save_checkpoint  # noqa: E402
 from runs import load_run, save_run_files  # noqa: E402
 from train import TrainConfig, collate, lr_at, pretrain_batches, read_jsonl, train_lm  # noqa: E402
+from conftest import SMALL  # noqa: E402
 
 CPU = torch.device("cpu")
-SMALL = dict(dim=32, inter_dim=64, moe_inter_dim=32, n_layers=2, kv_lora_rank=16, qk_nope_head_dim=8,
-             qk_rope_head_dim=8, v_head_dim=8, n_heads=2)
 
 
 @pytest.fixture(scope="module")

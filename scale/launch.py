@@ -1,36 +1,31 @@
 """The torchrun entry: r1.py's pretrain, sft and grpo stages on many processes, GPUs and nodes.
 
-    torchrun --standalone --nproc_per_node=8 scale/train.py pretrain --run runs/base --preset small
-    torchrun --standalone --nproc_per_node=8 scale/train.py grpo --init runs/base --run runs/zero
-    torchrun --nproc_per_node=2 --max-restarts=1 scale/train.py pretrain --run runs/base --device cpu
+    torchrun --standalone --nproc-per-node=8 -m -- scale.launch pretrain --run runs/base --preset small
+    torchrun --standalone --nproc-per-node=8 -m -- scale.launch grpo --init runs/base --run runs/zero
+    torchrun --nproc-per-node=2 --max-restarts=1 -m -- scale.launch pretrain --run runs/base --device cpu
 
-The options are r1.py's (same parser, same configs, same defaults) plus --backend; the commands are
-r1.py's own cmd_pretrain / cmd_sft / cmd_grpo, handed a DistWorld (scale/dist.py), so the training
-loops of train.py and train_grpo.py are the only ones. The batch options are global: --batch-size
-64 on 8 ranks is 8 examples per rank and the same training as --batch-size 64 in one process.
+(`--` ends torchrun's own options: without it torchrun reads our --run as its --run-path.) The
+options are r1.py's (same parser, same configs, same defaults) plus --backend; the stages are r1.py's
+own cmd_pretrain / cmd_sft / cmd_grpo, handed a DistWorld (scale/dist.py), so the training loops of
+train.py and train_grpo.py are the only ones. The batch options are global: --batch-size 64 on 8
+ranks is 8 examples per rank and the same training as --batch-size 64 in one process.
 
 Fault tolerance: torchrun --max-restarts=K restarts every rank when one dies; a restarted group
-(TORCHELASTIC_RESTART_COUNT > 0) resumes from the run's last checkpoint, or starts the run again
-when none was written yet. Bad input (NCCL without CUDA, more processes than GPUs, a global batch
-the world size does not divide, a resume with other options) ends every rank with exit code 2 and
-one line from rank 0.
+(TORCHELASTIC_RESTART_COUNT > 0) continues the run with --resume: from its last checkpoint, or from
+step 0 when none was written yet. Bad input (NCCL without CUDA, more processes than GPUs, a global
+batch the world size does not divide, a resume with other options) ends every rank with exit code 2
+and one line from rank 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if not __package__:  # run as a script, sys.path[0] is scale/, where this file's name hides train.py
-    sys.path[0] = str(ROOT)
-
-import r1  # noqa: E402
-import train  # noqa: E402
-from runs import R1Error, error_line  # noqa: E402
+import r1
+from runs import R1Error, default_run, error_line
 
 STAGES = {"pretrain": r1.cmd_pretrain, "sft": r1.cmd_sft, "grpo": r1.cmd_grpo}
 
@@ -41,7 +36,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, str]:
     pre.add_argument("--backend", default="auto")
     ours, rest = pre.parse_known_args(argv)
     if not rest or rest[0] not in STAGES:
-        raise R1Error(f"usage: torchrun ... scale/train.py {{{','.join(STAGES)}}} [r1.py options] [--backend "
+        raise R1Error(f"usage: torchrun ... -m -- scale.launch {{{','.join(STAGES)}}} [r1.py options] [--backend "
                       f"auto|nccl|gloo] (the options of `python r1.py STAGE --help`)")
     return r1.build_parser().parse_args(rest), ours.backend
 
@@ -66,30 +61,14 @@ def check_global_batch(args, world_size: int):
 
 
 def auto_resume(args):
-    """After a torchrun restart, continue from the last checkpoint (or start again if none exists)."""
+    """After a torchrun restart, continue the run: --resume picks up its last checkpoint, or starts it
+    again from step 0 if none was written yet."""
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
         return
     if args.command != "pretrain":
-        r1._default_run_from_init(args, args.command)
-    run = Path(args.run)  # --resume continues from ckpt/latest, or from step 0 if none was written yet
+        args.run = default_run(args.init, args.command, args.run)
+    run = Path(args.run)
     args.resume, args.overwrite = run.is_dir() and any(run.iterdir()), False
-
-
-def kill_once_at(step: int):
-    """Fault injection for the restart test (R1_KILL_AT_STEP=N): the last rank SIGKILLs itself as
-    pre-training step N begins, on the first attempt only."""
-    make_batches = train.pretrain_batches
-
-    def pretrain_batches(cfg):
-        batch = make_batches(cfg)
-
-        def killing(s):
-            if (s == step and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-                    and os.environ.get("RANK") == str(int(os.environ["WORLD_SIZE"]) - 1)):
-                os.kill(os.getpid(), signal.SIGKILL)
-            return batch(s)
-        return killing
-    train.pretrain_batches = pretrain_batches  # cmd_pretrain looks it up when it runs
 
 
 def main(argv=None) -> int:
@@ -101,8 +80,6 @@ def main(argv=None) -> int:
         args, backend = parse(list(sys.argv[1:] if argv is None else argv))
         check_global_batch(args, world_size)
         auto_resume(args)
-        if os.environ.get("R1_KILL_AT_STEP"):
-            kill_once_at(int(os.environ["R1_KILL_AT_STEP"]))
         world = init_world(args.device, backend)
         if world.is_main and not args.quiet:
             print(f"{world.world_size} ranks, {world.device.type} ({'nccl' if world.device.type == 'cuda' else 'gloo'})")
