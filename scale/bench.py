@@ -1,7 +1,7 @@
 """What sharding buys: per-rank bytes of parameters + gradients + AdamW state, and training tokens/s.
 
-    python scale/bench.py --steps 20                                   one process, no FSDP
-    torchrun --standalone --nproc_per_node=2 -- scale/bench.py --steps 20   two ranks, FSDP2
+    python -m scale.bench --steps 20                                   one process, no FSDP
+    torchrun --standalone --nproc_per_node=2 -m -- scale.bench --steps 20   two ranks, FSDP2
 
 Both run train.py's loop (train_lm) on the same global batches of the `tiny` preset, then one more
 optimizer step whose gradients are kept, and count the bytes each rank holds: its parameter
@@ -16,15 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-if not __package__:  # run as a script: the repository root holds train.py (this folder's names would hide it)
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+import torch
 
-import torch  # noqa: E402
-
-from data import default_tokenizer  # noqa: E402
-from model import preset  # noqa: E402
-from runs import Metrics, World  # noqa: E402
-from train import TrainConfig, collate, make_optimizer, pretrain_batches, train_lm  # noqa: E402
+from data import default_tokenizer
+from model import preset
+from runs import Metrics, World
+from train import TrainConfig, collate, make_optimizer, pretrain_batches, train_lm
 
 
 def local_bytes(t: torch.Tensor) -> int:

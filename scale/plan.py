@@ -1,7 +1,7 @@
 """The memory planner: would a preset train under pure FSDP on G GPUs of M GiB, and if not, why not.
 
-    python scale/plan.py --preset deepseek-v3-671b --gpus 2048 --gpu-mem 80
-    python scale/plan.py --preset small --gpus 2 --gpu-mem 24
+    python -m scale.plan --preset deepseek-v3-671b --gpus 2048 --gpu-mem 80
+    python -m scale.plan --preset small --gpus 2 --gpu-mem 24
 
 Per GPU, for what scale/dist.py does (FSDP2 / ZeRO-3 with MixedPrecisionPolicy(bf16, fp32)):
 
@@ -26,13 +26,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-if not __package__:  # run as a script: the repository root holds model.py and runs.py
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from model import ModelConfig, activation_numbers, count_params, preset  # noqa: E402
-from runs import R1Error  # noqa: E402
+from model import ModelConfig, activation_numbers, count_params, preset
+from runs import R1Error
 
 GiB = 2 ** 30
 BF16, FP32 = 2, 4

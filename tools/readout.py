@@ -1,6 +1,6 @@
 """Where the errors of an `add` model are: in the column steps, in the summary line, or in the answer.
 
-    python readout.py runs/recipe/r1 [--n 100 --k 4]
+    python -m tools.readout runs/recipe/r1 [--n 100 --k 4]
 
 k samples (T=0.6, top-p 0.95, as evaluate.py) on the first n held-out `add` problems; each sample is
 sorted by three checks: the thinking starts with exactly the worked steps of data/tasks.py ("steps"),
