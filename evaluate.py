@@ -20,7 +20,7 @@ import torch
 import rewards
 from data import Problem, completion, prompt
 from runs import Progress
-from sampler import generate
+from sampler import complete
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -77,17 +77,16 @@ def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: fl
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     think_id, end_think_id = tok.encode("<think>")[0], tok.encode("</think>")[0]
-    stop = [tok.encode("</answer>")]
     per_task = defaultdict(lambda: defaultdict(list))
     examples = []
     chunk = max(1, batch_rows // k)
     for i in range(0, len(problems), chunk):
         batch = problems[i:i + chunk]
-        ids = [tok.encode(prompt(p), bos=True) for p in batch]
-        out = generate(model, ids, num_samples=k, max_new_tokens=max_new_tokens, temperature=temperature,
-                       top_p=top_p, eos_id=tok.eos_id, pad_id=tok.pad_id, stop_sequences=stop, generator=gen)
-        greedy_out = generate(model, ids, num_samples=1, max_new_tokens=max_new_tokens, temperature=0.0,
-                              eos_id=tok.eos_id, pad_id=tok.pad_id, stop_sequences=stop) if greedy else None
+        prompts = [prompt(p) for p in batch]
+        out, texts = complete(model, tok, prompts, stop="</answer>", num_samples=k, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_p=top_p, generator=gen)
+        greedy_texts = complete(model, tok, prompts, stop="</answer>", max_new_tokens=max_new_tokens,
+                                temperature=0.0)[1] if greedy else None
         for j, p in enumerate(batch):
             m = per_task[p.task]
             # thinking as long as the worked solution's: the "long mode" of the base model
@@ -95,8 +94,7 @@ def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: fl
             correct, answers = [], []
             for s in range(k):
                 row = j * k + s
-                gen_ids = out.tokens[row][out.mask[row]].tolist()
-                text = tok.decode(gen_ids)
+                gen_ids, text = out.tokens[row][out.mask[row]].tolist(), texts[row]
                 correct.append(score(p, text))
                 answers.append(rewards.extract_answer(text))
                 m["format"].append(rewards.format_reward(text))
@@ -115,9 +113,8 @@ def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: fl
             m[f"pass@{k}"].append(pass_at_k(k, int(sum(correct)), k))
             winner = majority_vote(answers)
             m[f"cons@{k}"].append(0.0 if winner is None else correct[winner])
-            if greedy_out is not None:
-                g_ids = greedy_out.tokens[j][greedy_out.mask[j]].tolist()
-                m["greedy"].append(score(p, tok.decode(g_ids)))
+            if greedy_texts is not None:
+                m["greedy"].append(score(p, greedy_texts[j]))
         bar.update((i + len(batch)) * k, task=",".join(dict.fromkeys(p.task for p in batch)))
     if was_training:
         model.train()

@@ -378,9 +378,8 @@ def cmd_sample(args):
 
     from data import prompt
     from evaluate import score
-    from runs import pick_device
-    from sampler import generate
-    from runs import load_run
+    from runs import load_run, pick_device
+    from sampler import complete
 
     _check_sampling(args)
     device = pick_device(args.device)
@@ -394,11 +393,10 @@ def cmd_sample(args):
     print(f"sampling {run}: {args.n} held-out {task} problems at T={args.temperature}, top-p {args.top_p}")
     gen = torch.Generator(device=device).manual_seed(args.seed)
     for start in range(0, len(problems), SAMPLE_BATCH):  # print each batch as it is done
-        out = generate(model, ids[start:start + SAMPLE_BATCH], max_new_tokens=args.max_new_tokens,
-                       temperature=args.temperature, top_p=args.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                       stop_sequences=[tok.encode("</answer>")], generator=gen)
-        for i, p in enumerate(problems[start:start + SAMPLE_BATCH]):
-            text = tok.decode(out.tokens[i][out.mask[i]].tolist())
+        batch = problems[start:start + SAMPLE_BATCH]
+        _, texts = complete(model, tok, [prompt(p) for p in batch], stop="</answer>", max_new_tokens=args.max_new_tokens,
+                            temperature=args.temperature, top_p=args.top_p, generator=gen)
+        for p, text in zip(batch, texts):
             print(f"{p.question}  ->  {text}   [{'right' if score(p, text) else 'wrong'}, answer {p.answer}]",
                   flush=True)
 

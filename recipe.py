@@ -48,11 +48,11 @@ from data import check_task, default_tokenizer, eval_problems, make_problems, pr
 from data.cold_start import cold_start_set
 from evaluate import evaluate
 from model import ModelConfig, build_model, count_params, preset
-from report import format_table, markdown_table, plot_run, rows_by_task, table_keys, write_story_report
+from report import format_table, plot_run, rows_by_task, table_keys, write_recipe_report, write_story_report
 from runs import (MAX_EVAL_K, MAX_EVAL_N, MAX_EXAMPLES, R1Error, autocast, check_memory, check_numbers,
                   check_output_file, check_resume_config, has_checkpoint, load_checkpoint, load_run, mark_run_dir,
                   open_run, prepare_run_dir, run_config_and_tokenizer, write_json_atomic, write_text_atomic)
-from sampler import generate
+from sampler import complete
 from train import TrainConfig, check_sft_pairs, pretrain_batches, sft_batches, train_lm
 from train_grpo import GRPOConfig, train_grpo
 
@@ -281,20 +281,17 @@ def rejection_sample(model, tok, cfg: RejectionConfig, device, quiet: bool = Fal
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    stop = [tok.encode("</answer>")]
     stats = dict.fromkeys(["samples", "wrong_format", "wrong_answer", "repetitive", "unreadable", "duplicate"], 0)
     rows, seen, t0 = [], set(), time.perf_counter()
     chunk = max(1, batch_rows // cfg.k)
     for i in range(0, len(problems), chunk):
         batch = problems[i:i + chunk]
-        ids = [tok.encode(prompt(p), bos=True) for p in batch]
         with autocast(device):
-            out = generate(model, ids, num_samples=cfg.k, max_new_tokens=cfg.max_new_tokens,
-                           temperature=cfg.temperature, top_p=cfg.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                           stop_sequences=stop, generator=gen)
-        for row in range(out.tokens.shape[0]):
+            _, texts = complete(model, tok, [prompt(p) for p in batch], stop="</answer>", num_samples=cfg.k,
+                                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                generator=gen)
+        for row, text in enumerate(texts):
             p = batch[row // cfg.k]
-            text = tok.decode(out.tokens[row][out.mask[row]].tolist())
             stats["samples"] += 1
             if rewards.format_reward(text) == 0:
                 stats["wrong_format"] += 1
@@ -513,7 +510,7 @@ def distill(teacher: Path, run: Path, cfg: RecipeConfig, device, quiet: bool, cl
     clock.end()
     out = {"rejection": stats, "eval": ev, "student_base": str(student_base),
            "student_params": count_params(student_cfg)["total"]}
-    (run / "results.json").write_text(json.dumps(out, indent=2))
+    write_json_atomic(run / "results.json", out)
     return out
 
 
@@ -565,12 +562,7 @@ def run_recipe(run: Path, zero_run: Path, cfg: RecipeConfig, device, quiet: bool
     print("\nDistillation (like R1 Table 6):\n" + format_table(table2, keys))
     results = {"config": asdict(cfg), "zero": str(zero_run), "wall_s": clock.total(), "stage_s": clock.times,
                "stages": stages, "distill": dist, "dev3_rejection": dev3_stats}
-    (run / "results.json").write_text(json.dumps(results, indent=2))
-    (run / "report.md").write_text(
-        f"# R1 recipe run: {run}\n\nWall time {clock.total():.0f} s. Held-out problems, {cfg.eval_k} samples each "
-        f"at T=0.6, top-p 0.95.\n\n## Stages (like R1 Table 3)\n\n{markdown_table(table1, keys)}\n\n"
-        f"## Distillation (like R1 Table 6)\n\n{markdown_table(table2, keys)}\n\n"
-        f"Dev3 data: {describe_rejection(dev3_stats)}.\n\nStage wall times (s): "
-        + ", ".join(f"{k} {v:.0f}" for k, v in clock.times.items()) + "\n")
+    write_json_atomic(run / "results.json", results)
+    write_recipe_report(run, table1, table2, cfg.eval_k, clock.total(), clock.times, describe_rejection(dev3_stats))
     print(f"wrote {run / 'results.json'} and {run / 'report.md'} ({clock.total():.0f} s in all)")
     return results

@@ -116,3 +116,16 @@ def write_story_report(run: Path, table: str, after: dict, wall: float, plots: l
             + f"\nCompletions after GRPO:\n\n{ex}\n")
     write_text_atomic(run / "report.md", text)
     return run / "report.md"
+
+
+def write_recipe_report(run: Path, stages: dict, distill: dict, k: int, wall: float, stage_s: dict,
+                        dev3_data: str) -> Path:
+    """report.md of the full recipe: the stages (like R1 Table 3) and distillation (like R1 Table 6)."""
+    keys = table_keys(k)
+    text = (f"# R1 recipe run: {run}\n\nWall time {wall:.0f} s. Held-out problems, {k} samples each at "
+            f"T=0.6, top-p 0.95.\n\n## Stages (like R1 Table 3)\n\n{markdown_table(stages, keys)}\n\n"
+            f"## Distillation (like R1 Table 6)\n\n{markdown_table(distill, keys)}\n\n"
+            f"Dev3 data: {dev3_data}.\n\nStage wall times (s): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in stage_s.items()) + "\n")
+    write_text_atomic(run / "report.md", text)
+    return run / "report.md"

@@ -222,6 +222,17 @@ def generate(model, prompts: list[list[int]], *, num_samples: int = 1, max_new_t
                       logprobs=out.logprobs, truncated=~out.finished, proposed=proposed, accepted=accepted)
 
 
+def complete(model, tok, prompts: list[str], *, stop: str = "", **kw) -> tuple[Generation, list[str]]:
+    """Text in, text out: each prompt encoded (after <bos>), `generate(**kw)` until EOS or the text `stop`
+    (the R1 template's "</answer>"), each row's completion decoded. -> (the Generation, one text per
+    row: prompt i's samples are rows i*num_samples ... (i+1)*num_samples - 1). Evaluation, rollouts,
+    rejection sampling and `r1.py sample` all sample this way."""
+    ids = [tok.encode(p, bos=True) for p in prompts]
+    out = generate(model, ids, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                   stop_sequences=[tok.encode(stop)] if stop else (), **kw)
+    return out, [tok.decode(out.tokens[r][out.mask[r]].tolist()) for r in range(out.tokens.shape[0])]
+
+
 def _plain(model, ids, prompt_mask, rows, out, temperature, top_k, top_p, generator) -> None:
     """Prefill, copy the cache G times, then one [N, 1] forward per token, filling `out`."""
     U, P = ids.shape

@@ -57,7 +57,7 @@ from evaluate import evaluate, thinking_tokens
 from model import Transformer
 from runs import (MAX_EVAL_K, MAX_EVAL_N, Metrics, Progress, R1Error, World, autocast, check_numbers, cut_samples_after, rng_state, seed_everything,
                   set_rng_state)
-from sampler import generate
+from sampler import complete
 
 REFLECTION = re.compile(r"\b(wait|check|verify|mistake|wrong|retry|error|however|but|evaluate)\b", re.IGNORECASE)
 
@@ -285,20 +285,17 @@ def rollout(model, tok, cfg: GRPOConfig, step: int, device, world: World | None 
     mine = world.shard(list(enumerate(rollout_problems(cfg, step))))  # [(global index, problem)]
     problems = [p for _, p in mine]
     gens = [torch.Generator(device=device).manual_seed((cfg.seed * 1_000_003 + step) * 65_537 + i) for i, _ in mine]
-    ids = [tok.encode(prompt(p), bos=True) for p in problems]
     with RoutingRecorder(model) as rec, autocast(device):
-        out = generate(model, ids, num_samples=cfg.num_generations, max_new_tokens=cfg.max_completion_length,
-                       temperature=cfg.temperature, top_p=cfg.top_p, eos_id=tok.eos_id, pad_id=tok.pad_id,
-                       stop_sequences=[tok.encode("</answer>")], generator=gens)
+        out, texts = complete(model, tok, [prompt(p) for p in problems], stop="</answer>",
+                              num_samples=cfg.num_generations, max_new_tokens=cfg.max_completion_length,
+                              temperature=cfg.temperature, top_p=cfg.top_p, generator=gens)
     G = cfg.num_generations
-    texts, rs, parts = [], [], []
-    for row in range(out.tokens.shape[0]):
+    rs, parts = [], []
+    for row, text in enumerate(texts):
         p = problems[row // G]
-        text = tok.decode(out.tokens[row][out.mask[row]].tolist())
         r, part = rewards.reward(text, p.answer, p.numbers or None, format_weight=cfg.format_weight,
                                  consistency_weight=cfg.consistency_weight, completion_len=int(out.mask[row].sum()),
                                  max_len=cfg.max_completion_length, overlong_cache=cfg.overlong_cache)
-        texts.append(text)
         rs.append(r)
         parts.append(part)
     r = torch.tensor(rs)

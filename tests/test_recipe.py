@@ -15,6 +15,7 @@ import torch
 
 
 import recipe  # noqa: E402
+import sampler  # noqa: E402
 from data import DIFFICULTIES, TASKS, Tokenizer, default_tokenizer, make_problem, prompt, split_of  # noqa: E402
 from data.cold_start import cold_start_set, readable_completion  # noqa: E402
 from evaluate import majority_vote, pass_at_k  # noqa: E402
@@ -172,7 +173,7 @@ def test_rejection_sampling_keeps_only_verified_readable_unique_training_samples
                 "<think>\n" + "1+1+0=2\n" * 6 + right[len("<think>\n"):],  # right but looping
                 one_line,                                                  # right but unreadable
                 right.replace("<think>\n", "<think>\n1+0+0=1\n")][:k]      # right, another text: kept
-    monkeypatch.setattr(recipe, "generate", fake_generate(texts_for))
+    monkeypatch.setattr(sampler, "generate", fake_generate(texts_for))  # what sampler.complete calls
     model = build_model(preset("tiny", vocab_size=default_tokenizer().vocab_size, **SMALL), seed=0)
     rows, stats = recipe.rejection_sample(model, default_tokenizer(), cfg, torch.device("cpu"), quiet=True)
     n = len(problems)
