@@ -18,6 +18,20 @@ attn_norm, ffn_norm, experts, shared_experts, enorm, hnorm, eh_proj.
 
 This file imports torch and the standard library only: no distributed code (scale/ wraps it from outside).
 
+What differs from DeepSeek-V3, on purpose (everything else follows the reference code; the logits equal
+transformers' DeepseekV3 to 1e-4, tests/test_interop.py):
+- Initialisation: normal(0, 0.02) with GPT-2's 1/sqrt(2 L) on the residual projections, not V3's 0.006
+  (a std chosen for d = 7168; the toy widths here, d = 128-256, train with GPT-2's).
+- gamma (bias_update_speed) and lambda (mtp_lambda) are constants. V3 sets gamma to 0 for its last 0.5T of
+  14.8T tokens and lowers lambda from 0.3 to 0.1 after 10T; a toy run of ~10^7 tokens never reaches
+  either switch, so a schedule would be dead code here.
+- The V2-Lite preset keeps V2's softmax routing but none of V2's auxiliary balance losses (expert- and
+  device-level), which are not built here; it gets neither V3's bias nor the sequence-wise loss either
+  (bias_update_speed = seq_aux_alpha = 0), so it routes without balancing. It exists to count parameters
+  and KV cache, and to load V2-style checkpoints.
+- Nothing of FP8 training, node-limited routing across machines, or DualPipe (V3 §3): those are
+  systems work; scale/ shows FSDP2 instead.
+
 Shape legend: B batch, T new tokens, S key positions (cache + new), D model dim, H heads,
 C kv latent rank (kv_lora_rank), Q query latent rank, N nope head dim, R rope head dim,
 V value head dim, E routed experts, K experts per token, F expert hidden, L layers, W vocab.
@@ -154,7 +168,8 @@ PRESETS: dict[str, ModelConfig] = {
         n_activated_experts=6, n_expert_groups=1, n_limited_groups=1, score_func="softmax",
         route_scale=1.0, q_lora_rank=0, kv_lora_rank=512, qk_nope_head_dim=128,
         qk_rope_head_dim=64, v_head_dim=128, max_seq_len=16384, original_seq_len=4096,
-        mscale=0.707, mtp_depth=0),
+        mscale=0.707, mtp_depth=0, bias_update_speed=0.0, seq_aux_alpha=0.0),  # V2 balanced by aux losses
+                                                                                # (not built here): see the docstring
     # DeepSeek-V3 / R1 (671B): the config_671B.json of the reference repo, plus its MTP module.
     "deepseek-v3-671b": ModelConfig(
         vocab_size=129280, dim=7168, inter_dim=18432, moe_inter_dim=2048, n_layers=61,
@@ -271,6 +286,11 @@ class KVCache:
 # --------------------------------------------------------------------------------------------
 
 
+# The two latent norms use eps 1e-6 whatever norm_eps says: the reference code and transformers fix it
+# there (and only there), so a checkpoint made with another norm_eps gives the same logits in both.
+LATENT_NORM_EPS = 1e-6
+
+
 class MLA(nn.Module):
     """Queries (optionally through a low-rank latent), one joint KV latent per token, and a
     decoupled rotary key shared by all heads.
@@ -290,10 +310,10 @@ class MLA(nn.Module):
             self.wq = nn.Linear(cfg.dim, H * (N + R), bias=False)
         else:
             self.wq_a = nn.Linear(cfg.dim, cfg.q_lora_rank, bias=False)
-            self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps)
+            self.q_norm = RMSNorm(cfg.q_lora_rank, LATENT_NORM_EPS)
             self.wq_b = nn.Linear(cfg.q_lora_rank, H * (N + R), bias=False)
         self.wkv_a = nn.Linear(cfg.dim, C + R, bias=False)  # latent and rotary key in one matmul
-        self.kv_norm = RMSNorm(C, cfg.norm_eps)
+        self.kv_norm = RMSNorm(C, LATENT_NORM_EPS)
         self.wkv_b = nn.Linear(C, H * (N + V), bias=False)  # per head: N key dims then V value dims
         self.wo = nn.Linear(H * V, cfg.dim, bias=False)
         self.softmax_scale = cfg.qk_head_dim ** -0.5
@@ -607,7 +627,7 @@ class Transformer(nn.Module):
         return pos, mask.unsqueeze(1), pad_mask
 
     def forward(self, tokens, targets=None, *, pad_mask=None, cache: KVCache | None = None,
-                absorb: bool | None = None, return_hidden: bool = False):
+                absorb: bool | None = None, return_hidden: bool = False, moe_mask=None):
         """tokens [B, T] -> logits [B, T, W] (or losses when targets are given).
 
         targets [B, T] (next tokens, -100 = ignore) -> dict of losses: "main", "mtp" (a list, one
@@ -615,12 +635,17 @@ class Transformer(nn.Module):
         pad_mask [B, T] marks real tokens (False = left padding). With a cache, the chunk is
         appended at column cache.len and attends to everything cached before it.
         absorb picks the MLA path; by default: absorbed when decoding from a cache, naive otherwise.
+        moe_mask [B, T] marks the tokens that count in the MoE expert loads and the balance loss; by
+        default the real tokens that have a target. SFT passes every real token (prompt included): the
+        prompt goes through the experts, so it is part of their load, as in V3's balancing.
         """
         B, T = tokens.shape
         absorb = (cache is not None) if absorb is None else absorb
         pos, mask, pad_mask = self.positions_and_mask(B, T, tokens.device, pad_mask, cache)
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # [B, T, R/2]
         token_mask = pad_mask if targets is None else (pad_mask & (targets != -100))
+        if moe_mask is not None:
+            token_mask = pad_mask & moe_mask
         x = self.embed(tokens)  # [B, T, D]
         bal = x.new_zeros(())
         for i, layer in enumerate(self.layers):
@@ -634,6 +659,7 @@ class Transformer(nn.Module):
             return (logits, h) if return_hidden else logits
 
         main = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        n_main = (targets != -100).sum().clamp(min=1)  # V3 eq. 24: each depth's sum is divided by T, not T - k
         mtp_losses = []
         for k, mod in enumerate(self.mtp, start=1):
             if T - k < 1:
@@ -643,9 +669,10 @@ class Transformer(nn.Module):
             tgt = targets[:, k:].masked_fill(~pad_mask[:, :T - k], -100)  # position i itself must be real
             h, b = self.mtp_forward(k - 1, h[:, :T - k], tokens[:, k:], pos[:, :T - k],
                                     None if mask is None else mask[:, :, :T - k, :T - k],
-                                    token_mask[:, k:] & (tgt != -100))
+                                    token_mask[:, k:] & pad_mask[:, :T - k])
             lg = self.head(mod.norm(h))  # [B, T-k, W]
-            mtp_losses.append(F.cross_entropy(lg.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100))
+            mtp_losses.append(F.cross_entropy(lg.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100,
+                                              reduction="sum") / n_main)
             bal = bal + b
         total = main + bal
         if mtp_losses:

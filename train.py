@@ -211,17 +211,17 @@ def heldout_loss(model: Transformer, tok: Tokenizer, problems, device) -> float:
 def global_token_losses(out: dict, targets: torch.Tensor, cfg: ModelConfig, world: World) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's losses weighted so that their mean over ranks is the global batch's.
 
-    The model's cross-entropies are token means over this rank's slice (n_r tokens); the global
-    loss is the mean over all N = sum_r n_r tokens, i.e. mean_r(loss_r * n_r * world_size / N).
-    The balance loss is a mean over sequences and every rank has as many: it needs no weight.
-    In one process every weight is exactly 1.0. Returns (total to backward, detached
+    The model's cross-entropies are sums over this rank's slice divided by its n_r main targets (the
+    MTP depths too: V3 eq. 24 divides each depth's sum by T, the main sequence's length); the global
+    loss divides by all N = sum_r n_r targets, i.e. mean_r(loss_r * n_r * world_size / N): one weight for
+    every depth. The balance loss is a mean over sequences and every rank has as many: it needs no
+    weight. In one process the weight is exactly 1.0. Returns (total to backward, detached
     [main, mtp_1.., balance] for logging).
     """
-    depths = len(out["mtp"])
-    counts = torch.stack([(targets[:, k:] != -100).sum() for k in range(depths + 1)]).float()  # [1 + depths]
-    w = counts * world.world_size / world.all_reduce_sum(counts)
-    main = out["main"] * w[0]
-    mtp = [loss * w[k] for k, loss in enumerate(out["mtp"], start=1)]
+    n = (targets != -100).sum().float()
+    w = n * world.world_size / world.all_reduce_sum(n)
+    main = out["main"] * w
+    mtp = [loss * w for loss in out["mtp"]]
     total = main + out["balance"]  # the same sum, in the same order, as Transformer.forward's "total"
     if mtp:
         total = total + cfg.mtp_lambda / cfg.mtp_depth * sum(mtp)
@@ -259,8 +259,8 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         model.reset_expert_load()
-        with autocast(device):
-            out = model(tokens, targets)
+        with autocast(device):  # every real token counts in the MoE loads, prompts of SFT data too
+            out = model(tokens, targets, moe_mask=tokens != tok.pad_id)
         total, parts = global_token_losses(out, targets, model.cfg, world)
         if not torch.isfinite(total):
             raise R1Error(f"{stage} step {step}: the loss is {total.item()}; lower --lr (now {cfg.lr})")

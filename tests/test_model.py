@@ -802,9 +802,10 @@ def test_mtp_alignment_against_hand_table(monkeypatch):
     with torch.no_grad():
         pos = torch.arange(6).unsqueeze(0)
         h1, _ = m.mtp_forward(0, h[:, :5], inp[:, 1:], pos[:, :5], None)
-        l1 = -torch.log_softmax(m.mtp_logits(0, h1)[0], -1)[torch.arange(5), tgt[0, 1:]].mean()
+        # V3 eq. 24: each depth's sum over its T - k positions is divided by T = 6, the main sequence length
+        l1 = -torch.log_softmax(m.mtp_logits(0, h1)[0], -1)[torch.arange(5), tgt[0, 1:]].sum() / 6
         h2, _ = m.mtp_forward(1, h1[:, :4], inp[:, 2:], pos[:, :4], None)
-        l2 = -torch.log_softmax(m.mtp_logits(1, h2)[0], -1)[torch.arange(4), tgt[0, 2:]].mean()
+        l2 = -torch.log_softmax(m.mtp_logits(1, h2)[0], -1)[torch.arange(4), tgt[0, 2:]].sum() / 6
     assert out["mtp"][0].item() == pytest.approx(l1.item(), rel=1e-6)
     assert out["mtp"][1].item() == pytest.approx(l2.item(), rel=1e-6)
 
@@ -861,6 +862,28 @@ def test_mtp_own_cache_incremental_equals_full(absorb):
             a += n
     assert a == T - 1 and mcache.len == T - 1
     close(torch.cat(out, 1), full, FP32_TOL)
+
+
+def test_sft_prompt_tokens_count_in_expert_loads():
+    """With a loss on completions only, the prompt still goes through the experts: moe_mask makes it count
+    in the loads (the bias update) and the balance loss; without it only tokens with a target count."""
+    m = micro_model()
+    torch.manual_seed(14)
+    tokens = torch.randint(1, m.cfg.vocab_size, (2, 9))
+    targets = torch.randint(1, m.cfg.vocab_size, (2, 9))
+    targets[:, :5] = -100  # a 5-token prompt: no loss there
+    targets[1, 7:] = -100  # and right padding in row 1
+    real = torch.ones_like(tokens, dtype=torch.bool)
+    real[1, 7:] = False
+    K, main = m.cfg.n_activated_experts, [layer.ffn for layer in m.layers if isinstance(layer.ffn, MoE)]
+    assert len(main) == 2
+    with torch.no_grad():
+        m.reset_expert_load()
+        m(tokens, targets)
+        assert all(moe.load.sum().item() == (targets != -100).sum().item() * K for moe in main)
+        m.reset_expert_load()
+        m(tokens, targets, moe_mask=real)
+        assert all(moe.load.sum().item() == real.sum().item() * K for moe in main)
 
 
 def test_mtp_loss_ignores_left_padding():
