@@ -115,6 +115,8 @@ CONFIG_HELP = {
         "format_weight": "weight of the format reward next to accuracy's 1 (R1: 1; 0 = none, Dr. GRPO)",
         "consistency_weight": "weight of the readability (language-consistency) reward (>= 0; 0 = R1-Zero)",
         "dynamic_sampling": "drop groups whose rewards are all equal, they carry no signal (DAPO; true/false)",
+        "refill_rounds": "DAPO's refill: up to N more rounds of prompts while fewer than prompts-per-step groups "
+                         "carry signal (0-16; 0 = drop only)",
         "mask_truncated_completions": "no loss on completions cut at max-completion-length (DAPO; true/false)",
         "overlong_cache": "DAPO's soft overlong punishment: the reward falls linearly to -1 over the last N tokens "
                           "before max-completion-length (0 = off; below max-completion-length)",

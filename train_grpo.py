@@ -83,6 +83,7 @@ class GRPOConfig:
     format_weight: float = 1.0  # R1: accuracy + format, equal weights; 0 = Dr. GRPO (no format reward)
     consistency_weight: float = 0.0  # R1's language-consistency reward (toy: readable steps); 0 = R1-Zero
     dynamic_sampling: bool = True  # DAPO: drop groups whose rewards are all equal (no signal)
+    refill_rounds: int = 0  # DAPO: up to N more rounds of B prompts while fewer than B groups have signal
     mask_truncated_completions: bool = False  # DAPO overlong filtering: no loss on truncated samples
     overlong_cache: int = 0  # DAPO soft overlong punishment over the last N tokens before the limit; 0 = off
     ref_reset_every: int = 400  # R1: the reference becomes the current policy every 400 steps
@@ -113,6 +114,7 @@ class GRPOConfig:
             (self.temperature > 0, "--temperature must be > 0 for RL rollouts"),
             (0 < self.top_p <= 1, "--top-p must be in (0, 1]"),
             (self.max_completion_length > 0, "--max-completion-length must be > 0"),
+            (0 <= self.refill_rounds <= 16, "--refill-rounds must be in 0..16"),
             (0 <= self.overlong_cache < self.max_completion_length,
              "--overlong-cache must be >= 0 and below --max-completion-length"),
             (0 < self.eval_n <= MAX_EVAL_N and 0 < self.eval_k <= MAX_EVAL_K,
@@ -270,21 +272,26 @@ class RoutingRecorder:
 # --------------------------------------------------------------------------------------------
 
 
-def rollout_problems(cfg: GRPOConfig, step: int) -> list:
-    """The step's B problems, a pure function of (seed, step)."""
-    rng = random.Random(cfg.seed * 1_000_003 + step)
+def rollout_problems(cfg: GRPOConfig, step: int, refill: int = 0) -> list:
+    """The step's B problems, a pure function of (seed, step), and of the refill round (DAPO)."""
+    rng = random.Random(cfg.seed * 1_000_003 + step + refill * 2**40)
     return [sample_problem(rng.choice(cfg.tasks), rng, split="train", difficulty=cfg.difficulty)
             for _ in range(cfg.prompts_per_step)]
 
 
-def rollout(model, tok, cfg: GRPOConfig, step: int, device, world: World | None = None):
+def group_seed(cfg: GRPOConfig, step: int, i: int, refill: int = 0) -> int:
+    """The seed of prompt i's group: (seed, step, i, refill round), inside the 63 bits a generator takes."""
+    return ((cfg.seed * 1_000_003 + step) * 65_537 + i + refill * 2**40) % 2**63
+
+
+def rollout(model, tok, cfg: GRPOConfig, step: int, device, world: World | None = None, refill: int = 0):
     """Sample this rank's share of the step's B prompts x G completions and score them. Prompt i's
     group is sampled with its own generator seeded by (seed, step, i): the same samples whichever
-    rank draws them."""
+    rank draws them. `refill` > 0: DAPO's extra rounds of new prompts (sample_groups)."""
     world = world or World()
-    mine = world.shard(list(enumerate(rollout_problems(cfg, step))))  # [(global index, problem)]
+    mine = world.shard(list(enumerate(rollout_problems(cfg, step, refill))))  # [(global index, problem)]
     problems = [p for _, p in mine]
-    gens = [torch.Generator(device=device).manual_seed((cfg.seed * 1_000_003 + step) * 65_537 + i) for i, _ in mine]
+    gens = [torch.Generator(device=device).manual_seed(group_seed(cfg, step, i, refill)) for i, _ in mine]
     with RoutingRecorder(model) as rec, autocast(device):
         out, texts = complete(model, tok, [prompt(p) for p in problems], stop="</answer>",
                               num_samples=cfg.num_generations, max_new_tokens=cfg.max_completion_length,
@@ -304,6 +311,64 @@ def rollout(model, tok, cfg: GRPOConfig, step: int, device, world: World | None 
                  advantages=group_advantages(r, G, cfg.scale_rewards), truncated=out.truncated, texts=texts,
                  prompt_len=out.prompt.shape[1])
     return ro, problems, parts, rec.per_token()
+
+
+def signal_groups(ro: Rollout, G: int) -> torch.Tensor:
+    """[N / G] bool: the groups whose rewards are not all equal (their advantages are not all 0)."""
+    return ro.rewards.view(-1, G).std(1) > 0
+
+
+def take_groups(ro: Rollout, groups: torch.Tensor, G: int) -> Rollout:
+    """The rows of the given groups (indices), in that order."""
+    rows = (groups.unsqueeze(1) * G + torch.arange(G)).flatten()  # [len(groups) * G]
+    return Rollout(tokens=ro.tokens[rows], pad_mask=ro.pad_mask[rows], completion_mask=ro.completion_mask[rows],
+                   old_logp=ro.old_logp[rows], rewards=ro.rewards[rows], advantages=ro.advantages[rows],
+                   truncated=ro.truncated[rows], texts=[ro.texts[r] for r in rows.tolist()], prompt_len=ro.prompt_len)
+
+
+def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """Rollouts of different prompt and completion widths as one: prompts left-padded to the widest P,
+    completions right-padded to the longest L (padding is masked out of everything)."""
+    P, L = max(r.prompt_len for r in parts), max(r.completion_mask.shape[1] for r in parts)
+
+    def widen(t, p, fill_prompt, fill_completion):  # [n, p + l] -> [n, P + L]
+        n, l = t.shape[0], t.shape[1] - p
+        return torch.cat([t.new_full((n, P - p), fill_prompt), t, t.new_full((n, L - l), fill_completion)], 1)
+
+    def right(t, fill):  # [n, l] -> [n, L]
+        return torch.cat([t, t.new_full((t.shape[0], L - t.shape[1]), fill)], 1)
+    return Rollout(tokens=torch.cat([widen(r.tokens, r.prompt_len, pad_id, pad_id) for r in parts]),
+                   pad_mask=torch.cat([widen(r.pad_mask, r.prompt_len, False, True) for r in parts]),
+                   completion_mask=torch.cat([right(r.completion_mask, False) for r in parts]),
+                   old_logp=torch.cat([right(r.old_logp, 0.0) for r in parts]),
+                   rewards=torch.cat([r.rewards for r in parts]), advantages=torch.cat([r.advantages for r in parts]),
+                   truncated=torch.cat([r.truncated for r in parts]), texts=[t for r in parts for t in r.texts],
+                   prompt_len=P)
+
+
+def sample_groups(model, tok, cfg: GRPOConfig, step: int, device, world: World):
+    """Steps 1-2 with DAPO's dynamic sampling (DAPO §3.2): the step's B prompts; then, while fewer than B
+    groups (over all ranks) have a reward spread and refill_rounds allow, B more prompts at a time,
+    keeping only their groups with signal. -> (the rollout to train on, the first round's rollout,
+    problems and reward parts (what is logged and dumped), the sampled routing for the mismatch
+    diagnostic: None once refilled rows are mixed in)."""
+    G = cfg.num_generations
+    with world.full_model(model) as sampler_model:
+        first, problems, parts, routing = rollout(sampler_model, tok, cfg, step, device, world)
+    if not (cfg.dynamic_sampling and cfg.refill_rounds):
+        return first, first, problems, parts, routing
+    mine = len(problems)  # this rank's share of B
+    kept = [take_groups(first, signal_groups(first, G).nonzero().flatten(), G)]
+    for refill in range(1, cfg.refill_rounds + 1):
+        have = sum(len(r.texts) for r in kept) // G
+        if int(world.all_reduce_sum(torch.tensor(min(have, mine)))) >= cfg.prompts_per_step:
+            break
+        with world.full_model(model) as sampler_model:
+            more, *_ = rollout(sampler_model, tok, cfg, step, device, world, refill=refill)
+        kept.append(take_groups(more, signal_groups(more, G).nonzero().flatten()[:max(mine - have, 0)], G))
+    if len(kept) == 1:  # no refill was needed
+        return first, first, problems, parts, routing
+    return concat_rollouts(kept, tok.pad_id), first, problems, parts, None
 
 
 def rollout_stats(ro: Rollout, parts, tok, G: int) -> dict:
@@ -453,11 +518,11 @@ def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, stat
     last = {}
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
-        # 1. sample and 2. score (this rank's prompts, on a model whose forwards need no other rank)
-        with world.full_model(model) as sampler_model:
-            ro, problems, parts, sampled_routing = rollout(sampler_model, tok, cfg, step, device, world)
+        # 1. sample and 2. score (this rank's prompts, on a model whose forwards need no other rank),
+        # with DAPO's refill of groups that carry signal when refill_rounds > 0
+        ro, first, problems, parts, sampled_routing = sample_groups(model, tok, cfg, step, device, world)
         t_sample = time.perf_counter() - t0
-        stats = rollout_stats(ro, parts, tok, G)
+        stats = rollout_stats(first, parts, tok, G)
         # 3.-5. advantages, the clipped loss over mini-batches, the MoE bias update
         upd = grpo_update(model, ref, opt, ro, sampled_routing, cfg, step, device, world)
         # 6. the reference reset, then log (rank 0; rollout statistics averaged over ranks)
@@ -472,9 +537,9 @@ def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, stat
         if world.is_main and cfg.dump_every and (step % cfg.dump_every == 0 or step + 1 == cfg.steps):
             with open(run / "samples.txt", "a") as f:
                 f.write(f"=== step {step + 1}\n")
-                for i in range(0, min(len(ro.texts), 3 * G), G):
+                for i in range(0, min(len(first.texts), 3 * G), G):
                     f.write(f"{problems[i // G].question} (answer {problems[i // G].answer}) reward "
-                            f"{ro.rewards[i]:.2f}\n  {ro.texts[i]}\n")
+                            f"{first.rewards[i]:.2f}\n  {first.texts[i]}\n")
         # 7. eval (rank 0, on the whole model) and checkpoint
         done = step + 1 == cfg.steps
         if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or done:

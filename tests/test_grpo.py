@@ -2,6 +2,7 @@
 end-to-end run on a trivially learnable reward, exact resume, and the R1-Zero pipeline in smoke mode."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import r1
 import train_grpo
 from data import default_tokenizer
 from model import build_model, preset
+from runs import World
 from train_grpo import GRPOConfig, completion_logprobs, group_advantages, grpo_loss, rollout
 from conftest import SMALL  # noqa: E402
 
@@ -221,3 +223,67 @@ def test_r1_zero_pipeline_smoke(tmp_path):
               "rl/metrics.jsonl", "rl/samples.txt"):
         assert (run / f).is_file(), f
     assert r1.main(["plot", str(run)]) == 0
+
+
+# ------------------------------------------------------------------ DAPO: refill and the overlong penalty
+
+
+def test_concat_rollouts_pads_prompts_left_and_completions_right():
+    def ro(P, L, n, fill):
+        return train_grpo.Rollout(tokens=torch.full((n, P + L), fill), pad_mask=torch.ones(n, P + L, dtype=torch.bool),
+                                  completion_mask=torch.ones(n, L, dtype=torch.bool), old_logp=torch.full((n, L), -1.0),
+                                  rewards=torch.full((n,), float(fill)), advantages=torch.zeros(n),
+                                  truncated=torch.zeros(n, dtype=torch.bool), texts=[str(fill)] * n, prompt_len=P)
+    out = train_grpo.concat_rollouts([ro(2, 3, 2, 7), ro(4, 1, 2, 8)], pad_id=0)
+    assert out.prompt_len == 4 and out.tokens.shape == (4, 7) and out.completion_mask.shape == (4, 3)
+    assert out.tokens[0].tolist() == [0, 0, 7, 7, 7, 7, 7]  # prompt padded on the left
+    assert out.tokens[2].tolist() == [8, 8, 8, 8, 8, 0, 0]  # completion padded on the right
+    assert out.pad_mask[0].tolist() == [False, False] + [True] * 5
+    assert out.completion_mask[2].tolist() == [True, False, False] and out.old_logp[2].tolist() == [-1.0, 0.0, 0.0]
+    assert out.rewards.tolist() == [7, 7, 8, 8] and out.texts == ["7", "7", "8", "8"]
+
+
+def even_answers_reward(text, answer, numbers=None, **kw):
+    """A spread of rewards on problems with an even answer (a checksum of the text: 4 sampled texts of an
+    untrained model practically never share it), 0 for every sample of the others: which groups carry
+    signal depends on the problems alone, not on what a machine samples."""
+    r = sum(map(ord, text)) % 97 / 97 if int(answer) % 2 == 0 else 0.0
+    return r, {"accuracy": r, "format": 0.0, "consistency": 0.0, "overlong": 0.0, "reward": r}
+
+
+def test_refill_fills_the_batch_with_groups_that_carry_signal(tok, monkeypatch):
+    monkeypatch.setattr(train_grpo.rewards, "reward", even_answers_reward)
+    model = small_model(tok)
+    cfg = GRPOConfig(prompts_per_step=4, num_generations=4, max_completion_length=8, refill_rounds=6, seed=3)
+    even = [int(p.answer) % 2 == 0 for p in train_grpo.rollout_problems(cfg, 0)]
+    assert 0 < sum(even) < 4, even  # round 0 alone cannot fill the batch (seed chosen for that)
+    ro, first, problems, _, routing = train_grpo.sample_groups(model, tok, cfg, 0, torch.device("cpu"), World())
+    assert len(first.texts) == 16 and [p.answer for p in problems] == [p.answer for p in
+                                                                      train_grpo.rollout_problems(cfg, 0)]
+    assert len(ro.texts) == 4 * 4 and bool(train_grpo.signal_groups(ro, 4).all())  # B groups, all with signal
+    assert ro.texts[:4 * sum(even)] == [t for g, e in enumerate(even) if e for t in first.texts[4 * g:4 * g + 4]]
+    assert routing is None  # the routing diagnostic is skipped once refilled rows are mixed in
+    # the merged rollout is the same data: the training forward gives the sampler's log-probs on every row
+    logp, _ = completion_logprobs(model, ro, torch.arange(len(ro.texts)), cfg.temperature)
+    assert torch.allclose(logp[ro.completion_mask], ro.old_logp[ro.completion_mask], atol=1e-4)
+    # without refill, the groups without signal stay in the rollout (and the loss drops them)
+    ro0, *_ = train_grpo.sample_groups(model, tok, replace(cfg, refill_rounds=0), 0, torch.device("cpu"), World())
+    assert int(train_grpo.signal_groups(ro0, 4).sum()) == sum(even)
+
+
+def test_overlong_penalty_reaches_the_rollout_rewards(tok):
+    """DAPO's soft overlong punishment (--overlong-cache): an untrained model writes to the length limit."""
+    model = small_model(tok)
+    cfg = GRPOConfig(prompts_per_step=2, num_generations=4, max_completion_length=10, overlong_cache=4)
+    ro, _, parts, _ = rollout(model, tok, cfg, step=0, device=torch.device("cpu"))
+    lens = ro.completion_mask.sum(1).tolist()
+    want = [train_grpo.rewards.overlong_penalty(n, 10, 4) for n in lens]
+    assert [p["overlong"] for p in parts] == want and min(want) < 0
+    assert all(r == pytest.approx(p["accuracy"] + p["format"] + p["overlong"]) for r, p in zip(ro.rewards.tolist(), parts))
+
+
+def test_any_seed_in_range_samples(tok):
+    """Group seeds stay inside the 63 bits a torch generator takes, for the largest allowed --seed."""
+    cfg = GRPOConfig(prompts_per_step=2, num_generations=2, max_completion_length=4, seed=2**31 - 1)
+    ro, *_ = rollout(small_model(tok), tok, cfg, step=10**6, device=torch.device("cpu"))
+    assert len(ro.texts) == 4
