@@ -27,11 +27,13 @@ How this differs from the paper's setup, in four points:
   1. rewards are rule-based exactly as in R1 (accuracy + format, plus the language-consistency reward
      with --consistency-weight 1 for R1's reasoning RL), but on toy arithmetic;
   2. defaults follow what works at toy scale: token-level loss, beta = 0, groups with equal rewards
-     dropped (DAPO's dynamic sampling), lr 3e-4 instead of 3e-6;
+     dropped (DAPO's dynamic sampling; --refill-rounds N samples more prompts, as DAPO does, until B
+     groups carry signal, at most N more rounds), lr 5e-5 instead of 3e-6; DAPO's soft overlong
+     punishment is there too (--overlong-cache, off by default);
   3. one mini-batch and one inner epoch per rollout by default (R1 used 16 mini-batches);
   4. the reference model (when beta > 0) is reset to the policy every `ref_reset_every` steps, as R1 did.
 
-On several processes (scale/train.py) every rank runs this loop with a `World` (runs.py): it takes
+On several processes (scale/launch.py) every rank runs this loop with a `World` (runs.py): it takes
 a contiguous slice of the step's B prompts, so each group's G samples stay on one rank (the group
 statistics need no communication); each prompt's samples come from a generator seeded by (seed,
 step, prompt index), so a rollout is the same whatever the number of ranks; the loss is weighted
