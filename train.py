@@ -10,7 +10,7 @@ every optimizer step from that step's expert loads.
 Resume is exact: every batch is a pure function of (seed, step), and a checkpoint holds the model,
 the optimizer, the RNG states and the step, so N steps + resume + N steps == 2N steps, bit for bit.
 
-On several processes (scale/train.py) the same loop runs on every rank with a `World` (runs.py):
+On several processes (scale/launch.py) the same loop runs on every rank with a `World` (runs.py):
 each rank takes its slice of the step's global batch, its losses are weighted by its share of the
 global batch's tokens (so the ranks' average gradient is the global token mean's gradient), the
 MoE expert loads are summed over ranks before the bias update, and rank 0 alone logs and writes.
