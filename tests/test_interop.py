@@ -326,3 +326,29 @@ def test_bad_paths_and_unexportable_models(exported, tmp_path):
     make_run(tmp_path / "softmax", preset("tiny", vocab_size=V, n_layers=2, score_func="softmax"))
     with pytest.raises(R1Error, match="sigmoid"):
         interop.export_hf(tmp_path / "softmax", tmp_path / "hf")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_configs_match_transformers_both_ways(tmp_path, seed):
+    """Seeded random configs over what can differ (norm eps, full- or low-rank queries, expert groups, YaRN
+    on or off, MTP depth 0-2): our logits equal transformers' after export, and after importing back."""
+    rng = __import__("random").Random(seed)
+    groups = rng.choice([1, 2, 4])
+    yarn = rng.random() < 0.5
+    cfg = preset("tiny", vocab_size=V, dim=48, n_layers=rng.choice([2, 3]), n_heads=rng.choice([2, 4]),
+                 n_routed_experts=8, n_expert_groups=groups, n_limited_groups=max(1, groups // 2),
+                 n_activated_experts=2, q_lora_rank=rng.choice([0, 24]), kv_lora_rank=rng.choice([16, 32]),
+                 qk_nope_head_dim=8, qk_rope_head_dim=rng.choice([4, 8]), v_head_dim=8,
+                 norm_eps=rng.choice([1e-6, 1e-5, 1e-3]), mtp_depth=rng.choice([0, 1, 2]),
+                 route_scale=rng.choice([1.0, 2.5]),
+                 **(dict(max_seq_len=256, original_seq_len=64, rope_factor=4.0, mscale=0.707) if yarn else {}))
+    model = make_run(tmp_path / "run", cfg, seed=seed + 10)
+    out = interop.export_hf(tmp_path / "run", tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    tokens = random_prompts(seed=20 + seed)
+    with torch.no_grad():
+        assert (model(tokens) - hf(tokens).logits).abs().max().item() < 1e-4
+    interop.import_hf(out, tmp_path / "back")
+    back, _, _ = load_run(tmp_path / "back")
+    with torch.no_grad():
+        assert (back.eval()(tokens) - hf(tokens).logits).abs().max().item() < 1e-4
