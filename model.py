@@ -400,20 +400,26 @@ class Gate(nn.Module):
         # aux-loss-free balancing bias: fp32, no gradient, changed only by update_bias()
         self.register_buffer("bias", torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
 
-    def forward(self, x):
-        """x [M, D] -> gates [M, K], expert indices [M, K], unbiased scores [M, E] (fp32)."""
+    def forward(self, x, idx=None):
+        """x [M, D] -> gates [M, K], expert indices [M, K], unbiased scores [M, E] (fp32).
+
+        idx [M, K], if given, are the experts to use instead of this router's own top-k (routing
+        replay in RL: the choices made while sampling). The gates still come from the current
+        scores at those experts, so the router keeps its gradient; the idx returned is the given one.
+        """
         cfg = self.cfg
         logits = F.linear(x.float(), self.weight.float())  # router in fp32, as HF does [M, E]
         scores = logits.sigmoid() if cfg.score_func == "sigmoid" else logits.softmax(-1)
-        biased = scores + self.bias  # selection scores [M, E]
-        if cfg.n_expert_groups > 1:
-            g = biased.view(-1, cfg.n_expert_groups, cfg.n_routed_experts // cfg.n_expert_groups)  # [M, G, E/G]
-            # a group's score: sum of its top-2 (V3, with bias) or its max (V2, softmax)
-            group_score = g.topk(2, dim=-1).values.sum(-1) if cfg.score_func == "sigmoid" else g.amax(-1)
-            keep = group_score.topk(cfg.n_limited_groups, dim=-1).indices  # [M, n_limited_groups]
-            masked = torch.ones_like(group_score, dtype=torch.bool).scatter(1, keep, False)  # [M, G]
-            biased = g.masked_fill(masked.unsqueeze(-1), float("-inf")).flatten(1)  # [M, E]
-        idx = biased.topk(cfg.n_activated_experts, dim=-1).indices  # [M, K]
+        if idx is None:  # choose: biased top-k, within the best groups
+            biased = scores + self.bias  # selection scores [M, E]
+            if cfg.n_expert_groups > 1:
+                g = biased.view(-1, cfg.n_expert_groups, cfg.n_routed_experts // cfg.n_expert_groups)  # [M, G, E/G]
+                # a group's score: sum of its top-2 (V3, with bias) or its max (V2, softmax)
+                group_score = g.topk(2, dim=-1).values.sum(-1) if cfg.score_func == "sigmoid" else g.amax(-1)
+                keep = group_score.topk(cfg.n_limited_groups, dim=-1).indices  # [M, n_limited_groups]
+                masked = torch.ones_like(group_score, dtype=torch.bool).scatter(1, keep, False)  # [M, G]
+                biased = g.masked_fill(masked.unsqueeze(-1), float("-inf")).flatten(1)  # [M, E]
+            idx = biased.topk(cfg.n_activated_experts, dim=-1).indices  # [M, K]
         gates = scores.gather(1, idx)  # unbiased [M, K]
         if cfg.score_func == "sigmoid":
             gates = gates / gates.sum(-1, keepdim=True)
@@ -433,12 +439,14 @@ class MoE(nn.Module):
         # tokens routed to each expert since the last reset_load(): read by the training loop
         self.register_buffer("load", torch.zeros(cfg.n_routed_experts), persistent=False)
 
-    def forward(self, x, token_mask=None):
-        """x [B, T, D]; token_mask [B, T] (True = real token) -> (y [B, T, D], balance loss)."""
+    def forward(self, x, token_mask=None, routes=None):
+        """x [B, T, D]; token_mask [B, T] (True = real token) -> (y [B, T, D], balance loss).
+        routes [B, T, K], if given, are each token's experts (routing replay; see Gate.forward)."""
         B, T, D = x.shape
         cfg = self.cfg
         flat = x.reshape(-1, D)  # [M, D], M = B*T
-        gates, idx, scores = self.gate(flat)
+        idx = None if routes is None else routes.reshape(B * T, cfg.n_activated_experts)  # [M, K]
+        gates, idx, scores = self.gate(flat, idx)
         with torch.no_grad():
             counted = idx if token_mask is None else idx[token_mask.reshape(-1)]
             self.load += torch.bincount(counted.flatten(), minlength=cfg.n_routed_experts).to(self.load)
@@ -500,11 +508,12 @@ class Block(nn.Module):
         use_moe = cfg.n_routed_experts > 0 and layer_id >= cfg.n_dense_layers
         self.ffn = MoE(cfg) if use_moe else MLP(cfg.dim, cfg.inter_dim)
 
-    def forward(self, x, cos, sin, mask, token_mask=None, cache=None, layer=0, absorb=False):
+    def forward(self, x, cos, sin, mask, token_mask=None, cache=None, layer=0, absorb=False, routes=None):
+        """routes [B, T, K]: the experts to replay in an MoE block (None = route as usual)."""
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, layer, absorb)
         h = self.ffn_norm(x)
         if isinstance(self.ffn, MoE):
-            y, bal = self.ffn(h, token_mask)
+            y, bal = self.ffn(h, token_mask, routes)
         else:
             y, bal = self.ffn(h), x.new_zeros(())
         return x + y, bal
@@ -627,7 +636,8 @@ class Transformer(nn.Module):
         return pos, mask.unsqueeze(1), pad_mask
 
     def forward(self, tokens, targets=None, *, pad_mask=None, cache: KVCache | None = None,
-                absorb: bool | None = None, return_hidden: bool = False, moe_mask=None):
+                absorb: bool | None = None, return_hidden: bool = False, moe_mask=None,
+                routes: list | None = None):
         """tokens [B, T] -> logits [B, T, W] (or losses when targets are given).
 
         targets [B, T] (next tokens, -100 = ignore) -> dict of losses: "main", "mtp" (a list, one
@@ -638,6 +648,8 @@ class Transformer(nn.Module):
         moe_mask [B, T] marks the tokens that count in the MoE expert loads and the balance loss; by
         default the real tokens that have a target. SFT passes every real token (prompt included): the
         prompt goes through the experts, so it is part of their load, as in V3's balancing.
+        routes: one [B, T, K] expert-index tensor per main-layer MoE, in layer order, replayed instead
+        of the routers' own choices (GRPO's routing replay); the MTP modules always route themselves.
         """
         B, T = tokens.shape
         absorb = (cache is not None) if absorb is None else absorb
@@ -648,8 +660,10 @@ class Transformer(nn.Module):
             token_mask = pad_mask & moe_mask
         x = self.embed(tokens)  # [B, T, D]
         bal = x.new_zeros(())
+        moe_routes = iter(routes or [])  # the MoE blocks take them in order; dense blocks take none
         for i, layer in enumerate(self.layers):
-            x, b = layer(x, cos, sin, mask, token_mask, cache, i, absorb)
+            r = next(moe_routes) if routes is not None and isinstance(layer.ffn, MoE) else None
+            x, b = layer(x, cos, sin, mask, token_mask, cache, i, absorb, r)
             bal = bal + b
         h = self.norm(x)  # [B, T, D]
         if cache is not None:

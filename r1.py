@@ -131,6 +131,8 @@ CONFIG_HELP = {
         "eval_k": "samples per held-out problem in each evaluation, at T=0.6 and top-p 0.95 (>= 1)",
         "ckpt_every": _CKPT_HELP,
         "dump_every": "append a few rollouts to samples.txt every N steps (>= 0; 0 = never)",
+        "routing_replay": "MoE rollout routing replay: the training forward uses the experts each token was routed "
+                          "to while sampling, its gates from the current router (true/false; needs an MoE model)",
     },
     "RecipeConfig": {
         "seed": "seed of every stage (an integer)",

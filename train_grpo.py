@@ -33,6 +33,16 @@ How this differs from the paper's setup, in four points:
   3. one mini-batch and one inner epoch per rollout by default (R1 used 16 mini-batches);
   4. the reference model (when beta > 0) is reset to the policy every `ref_reset_every` steps, as R1 did.
 
+Routing replay (`--routing-replay`, off by default). In an MoE the training forward re-routes every
+token, and tiny numeric differences from the sampling pass (other batch shapes, kernels, precision; or
+weights that moved since the rollout, from the second mini-batch on) send some tokens to other experts:
+pi_theta is then evaluated on a different network than the one that sampled, which muddies the ratio
+and is what the `routing_mismatch` log counts. With replay on, the sampler's expert choices for every
+prompt and completion position (RoutingRecorder, by hooks) travel with the rollout, and the training
+forward (and the reference's) uses exactly those experts; the gate weights still come from the current
+router's scores at them, so the router keeps learning. Large MoE RL runs adopted it after runs without
+it collapsed; here it sets the mismatch to 0 for the price of one [N, P+L, K] index tensor per MoE layer.
+
 On several processes (scale/launch.py) every rank runs this loop with a `World` (runs.py): it takes
 a contiguous slice of the step's B prompts, so each group's G samples stay on one rank (the group
 statistics need no communication); each prompt's samples come from a generator seeded by (seed,
@@ -56,7 +66,7 @@ import torch.nn.functional as F
 import rewards
 from data import eval_problems, prompt, sample_problem
 from evaluate import evaluate, thinking_tokens
-from model import Transformer
+from model import MoE, Transformer
 from runs import (MAX_EVAL_K, MAX_EVAL_N, Metrics, Progress, R1Error, World, autocast, check_numbers, cut_samples_after, rng_state, seed_everything,
                   set_rng_state)
 from sampler import complete
@@ -99,6 +109,7 @@ class GRPOConfig:
     eval_k: int = 4  # samples per problem at each evaluation (T=0.6, top-p 0.95)
     ckpt_every: int = 10
     dump_every: int = 10  # text dump of a few rollouts to samples.txt
+    routing_replay: bool = False  # MoE: train on the experts chosen while sampling; a dense model is an error
 
     def __post_init__(self):
         check_numbers(self)
@@ -139,6 +150,8 @@ class GRPOConfig:
         if self.max_completion_length + 64 > model_cfg.max_seq_len:
             raise R1Error(f"--max-completion-length {self.max_completion_length} plus a prompt does not fit the "
                           f"model's context of {model_cfg.max_seq_len} tokens")
+        if self.routing_replay and not model_cfg.is_moe:
+            raise R1Error("--routing-replay replays MoE expert choices, but this model has no MoE layer")
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,12 +222,15 @@ class Rollout:
     truncated: torch.Tensor  # [N] bool
     texts: list[str]
     prompt_len: int  # P
+    routes: list[torch.Tensor] | None = None  # per main MoE layer [N, P+L, K]: the experts sampling used
 
 
-def completion_logprobs(model: Transformer, ro: Rollout, rows, temperature: float):
-    """Training forward on rows of a rollout -> (logp [n, L], entropy [n, L], routing per MoE layer)."""
+def completion_logprobs(model: Transformer, ro: Rollout, rows, temperature: float, routes=None):
+    """Training forward on rows of a rollout -> (logp [n, L], entropy [n, L]). routes (ro.routes: per main
+    MoE layer [N, P+L, K]), if given, are replayed instead of the routers' own choices."""
     P = ro.prompt_len
-    logits = model(ro.tokens[rows], pad_mask=ro.pad_mask[rows])  # [n, P+L, W]
+    routes = None if routes is None else [r[rows] for r in routes]  # [n, P+L, K] each
+    logits = model(ro.tokens[rows], pad_mask=ro.pad_mask[rows], routes=routes)  # [n, P+L, W]
     logits = logits[:, P - 1:-1].float() / temperature  # position t predicts token t+1 [n, L, W]
     logp_all = F.log_softmax(logits, dim=-1)
     target = ro.tokens[rows, P:]
@@ -230,17 +246,21 @@ def reflection_count(text: str) -> int:
 
 class RoutingRecorder:
     """The experts each main-layer MoE picked, read by forward hooks on the gates (the model itself
-    keeps nothing for this diagnostic). In sampling (`decode`), the [N, K] experts of each decode step's
-    token; in a training forward, `last`: the [M, K] experts of every token of the last forward."""
+    keeps nothing for this diagnostic). In sampling (`decode`): the [U, P, K] experts of the prompt
+    prefill (the first forward: one row per distinct prompt, `prompt_ids` [U, P]) and the [N, K] experts
+    of each decode step's token; in a training forward, `last`: the [M, K] experts of every token of the
+    last forward."""
 
     def __init__(self, model: Transformer, decode: bool = True):
         self.model, self.decode, self.handles = model, decode, []
         self.steps: list[list[torch.Tensor]] = []
+        self.prefill: list[torch.Tensor | None] = []
+        self.prompt_ids: torch.Tensor | None = None
         self.last: list[torch.Tensor | None] = []
 
     def __enter__(self):
-        moes = self.model.moe_layers()[: len(self.model.layers)]  # main layers only (not MTP)
-        self.steps, self.last = [[] for _ in moes], [None for _ in moes]
+        moes = [b.ffn for b in self.model.layers if isinstance(b.ffn, MoE)]  # main layers only (not MTP)
+        self.steps, self.prefill, self.last = [[] for _ in moes], [None for _ in moes], [None for _ in moes]
 
         def on_gate(i):
             def fn(mod, inp, out):  # Gate.forward -> (gates, idx [M, K], scores)
@@ -250,13 +270,21 @@ class RoutingRecorder:
         def on_moe(i):
             def fn(mod, inp, out):
                 x = inp[0]  # [N, T, D]
-                if x.shape[1] == 1:
+                if self.prefill[i] is None:  # the first forward of a sampling call is the prefill
+                    self.prefill[i] = self.last[i].view(x.shape[0], x.shape[1], -1)  # [U, P, K]
+                else:
                     self.steps[i].append(self.last[i].view(x.shape[0], -1))  # [N, K]
             return fn
+
+        def on_model(mod, args):  # the prefill's tokens: which prompt each prefill row is
+            if self.prompt_ids is None:
+                self.prompt_ids = args[0]  # [U, P]
         for i, m in enumerate(moes):
             self.handles.append(m.gate.register_forward_hook(on_gate(i)))
             if self.decode:
                 self.handles.append(m.register_forward_hook(on_moe(i)))
+        if self.decode:
+            self.handles.append(self.model.register_forward_pre_hook(on_model))
         return self
 
     def __exit__(self, *exc):
@@ -267,6 +295,23 @@ class RoutingRecorder:
     def per_token(self) -> list[torch.Tensor]:
         """Per MoE layer: [N, steps, K] sorted expert ids of decode step s's input token."""
         return [torch.stack(s, 1).sort(-1).values for s in self.steps if s]
+
+    def routes(self, gen) -> list[torch.Tensor]:
+        """What routing replay feeds the training forward: per main MoE layer, the experts sampling used
+        at each column of the rollout's tokens [N, P+L] (gen.prompt then gen.tokens) -> [N, P+L, K].
+        Decode step s read completion token s; the columns no sampling forward read (each row's last
+        token, the padding after it) hold expert 0: they predict nothing that is scored."""
+        # the prefill row of each output row: the distinct prompt with the same (left-padded) tokens
+        same = (gen.prompt.unsqueeze(1) == self.prompt_ids.unsqueeze(0)).all(-1)  # [N, U]
+        u = same.long().argmax(1)  # [N]
+        N, L = gen.tokens.shape
+        out = []
+        for pre, steps in zip(self.prefill, self.steps):
+            K = pre.shape[-1]
+            read = torch.stack(steps, 1) if steps else pre.new_zeros(N, 0, K)  # [N, s, K], s < L
+            unread = pre.new_zeros(N, L - read.shape[1], K)  # [N, L-s, K]
+            out.append(torch.cat([pre[u], read, unread], 1))  # [N, P+L, K]
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,7 +356,7 @@ def rollout(model, tok, cfg: GRPOConfig, step: int, device, world: World | None 
     ro = Rollout(tokens=torch.cat([out.prompt, out.tokens], 1), pad_mask=torch.cat([out.prompt_mask, torch.ones_like(out.mask)], 1),
                  completion_mask=out.mask, old_logp=out.logprobs.float(), rewards=r,
                  advantages=group_advantages(r, G, cfg.scale_rewards), truncated=out.truncated, texts=texts,
-                 prompt_len=out.prompt.shape[1])
+                 prompt_len=out.prompt.shape[1], routes=rec.routes(out) if cfg.routing_replay else None)
     return ro, problems, parts, rec.per_token()
 
 
@@ -325,7 +370,8 @@ def take_groups(ro: Rollout, groups: torch.Tensor, G: int) -> Rollout:
     rows = (groups.unsqueeze(1) * G + torch.arange(G)).flatten()  # [len(groups) * G]
     return Rollout(tokens=ro.tokens[rows], pad_mask=ro.pad_mask[rows], completion_mask=ro.completion_mask[rows],
                    old_logp=ro.old_logp[rows], rewards=ro.rewards[rows], advantages=ro.advantages[rows],
-                   truncated=ro.truncated[rows], texts=[ro.texts[r] for r in rows.tolist()], prompt_len=ro.prompt_len)
+                   truncated=ro.truncated[rows], texts=[ro.texts[r] for r in rows.tolist()], prompt_len=ro.prompt_len,
+                   routes=None if ro.routes is None else [r[rows] for r in ro.routes])
 
 
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
@@ -333,9 +379,10 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
     completions right-padded to the longest L (padding is masked out of everything)."""
     P, L = max(r.prompt_len for r in parts), max(r.completion_mask.shape[1] for r in parts)
 
-    def widen(t, p, fill_prompt, fill_completion):  # [n, p + l] -> [n, P + L]
-        n, l = t.shape[0], t.shape[1] - p
-        return torch.cat([t.new_full((n, P - p), fill_prompt), t, t.new_full((n, L - l), fill_completion)], 1)
+    def widen(t, p, fill_prompt, fill_completion):  # [n, p + l, ...] -> [n, P + L, ...]
+        n, l, rest = t.shape[0], t.shape[1] - p, t.shape[2:]
+        return torch.cat([t.new_full((n, P - p, *rest), fill_prompt), t,
+                          t.new_full((n, L - l, *rest), fill_completion)], 1)
 
     def right(t, fill):  # [n, l] -> [n, L]
         return torch.cat([t, t.new_full((t.shape[0], L - t.shape[1]), fill)], 1)
@@ -345,7 +392,9 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
                    old_logp=torch.cat([right(r.old_logp, 0.0) for r in parts]),
                    rewards=torch.cat([r.rewards for r in parts]), advantages=torch.cat([r.advantages for r in parts]),
                    truncated=torch.cat([r.truncated for r in parts]), texts=[t for r in parts for t in r.texts],
-                   prompt_len=P)
+                   prompt_len=P, routes=None if parts[0].routes is None else  # the experts of padding: any valid id
+                   [torch.cat([widen(r.routes[i], r.prompt_len, 0, 0) for r in parts])
+                    for i in range(len(parts[0].routes))])
 
 
 def sample_groups(model, tok, cfg: GRPOConfig, step: int, device, world: World):
@@ -431,6 +480,8 @@ def grpo_update(model: Transformer, ref, opt, ro: Rollout, sampled_routing, cfg:
     """Steps 3-5 of a GRPO step, on a rollout already sampled and scored: which groups carry signal,
     mu epochs of the clipped loss over mini-batches, the MoE bias update. -> the step's training stats."""
     G = cfg.num_generations
+    # routing replay: the policy (and the reference) score the experts the sampler used
+    routes = ro.routes if cfg.routing_replay else None
     # 3. advantages (computed in rollout) and which groups carry signal
     keep = torch.ones(len(ro.texts), dtype=torch.bool)
     if cfg.dynamic_sampling:
@@ -454,11 +505,11 @@ def grpo_update(model: Transformer, ref, opt, ro: Rollout, sampled_routing, cfg:
             rows = rows if len(rows) else torch.zeros(1, dtype=torch.long)
             measure = bool(sampled_routing) and not mismatch and not losses  # first mini-batch only
             with RoutingRecorder(model, decode=False) as routed, autocast(device):
-                logp, ent = completion_logprobs(model, ro, rows, cfg.temperature)
+                logp, ent = completion_logprobs(model, ro, rows, cfg.temperature, routes)
                 ref_logp = None
                 if ref is not None:
                     with torch.no_grad():
-                        ref_logp, _ = completion_logprobs(ref, ro, rows, cfg.temperature)
+                        ref_logp, _ = completion_logprobs(ref, ro, rows, cfg.temperature, routes)
             if measure:
                 mm = routing_mismatch(routed.last, sampled_routing, ro, rows)
                 mismatch += [] if mm is None else [mm]

@@ -10,7 +10,7 @@ import torch
 import r1
 import train_grpo
 from data import default_tokenizer
-from model import build_model, preset
+from model import MoE, build_model, preset
 from runs import World
 from train_grpo import GRPOConfig, completion_logprobs, group_advantages, grpo_loss, rollout
 from conftest import SMALL  # noqa: E402
@@ -167,6 +167,63 @@ def test_beta_positive_uses_reference_and_logs_kl(tok, tmp_path):
     assert last["kl"] is not None and last["kl"] >= 0
     assert last["load_max_over_mean"] >= 1.0  # the MTP block (idle in GRPO) must not drag it below 1
     assert 0.0 <= last["routing_mismatch"] <= 1.0
+
+
+def test_routing_replay_zeroes_the_routing_mismatch(tok, tmp_path, monkeypatch):
+    """A router moved between sampling and training (random gate biases, far above the tiny score gaps):
+    without replay the training forward picks other experts; with it, exactly the sampled ones."""
+    real_rollout = train_grpo.rollout
+
+    def rollout_then_move_the_routers(model, *a, **kw):
+        out = real_rollout(model, *a, **kw)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for m in model.moe_layers():
+                m.gate.bias += torch.randn(m.gate.bias.shape, generator=gen)
+        return out
+    monkeypatch.setattr(train_grpo, "rollout", rollout_then_move_the_routers)
+    mismatch = {}
+    for replay in (False, True):
+        cfg = GRPOConfig(steps=1, prompts_per_step=2, num_generations=4, max_completion_length=8, beta=0.1,
+                         dynamic_sampling=False, eval_every=0, ckpt_every=0, dump_every=0, eval_n=2, eval_k=1,
+                         routing_replay=replay)
+        (tmp_path / str(replay)).mkdir()
+        last = train_grpo.train_grpo(tmp_path / str(replay), small_model(tok), tok, cfg, torch.device("cpu"),
+                                     quiet=True)
+        mismatch[replay] = last["routing_mismatch"]
+    assert mismatch[False] > 0.0
+    assert mismatch[True] == 0.0
+
+
+def test_replayed_routes_are_the_sampled_ones(tok, monkeypatch):
+    """Rollout.routes, column by column, against the gates' outputs read independently while sampling:
+    prompt columns from the prefill of the row's prompt (two rows' prompts are the same: one prefill),
+    completion column s from decode step s. Columns no forward read are not scored and not checked."""
+    problems = train_grpo.rollout_problems(GRPOConfig(prompts_per_step=2), 0)
+    monkeypatch.setattr(train_grpo, "rollout_problems", lambda cfg, step: [problems[0], problems[1], problems[0]])
+    model = small_model(tok)
+    calls = []  # per forward of the one main MoE layer: its gate's expert ids [M, K]
+    moe = [b.ffn for b in model.layers if isinstance(b.ffn, MoE)]
+    assert len(moe) == 1
+    hook = moe[0].gate.register_forward_hook(lambda mod, inp, out: calls.append(out[1]))
+    cfg = GRPOConfig(prompts_per_step=3, num_generations=2, max_completion_length=10, routing_replay=True)
+    ro, *_ = rollout(model, tok, cfg, step=0, device=torch.device("cpu"))
+    hook.remove()
+    P, G, K = ro.prompt_len, 2, 2
+    prefill = calls[0].view(2, P, K)  # two distinct prompts: prompt 2 is prompt 0 again
+    assert ro.routes[0].shape == (*ro.tokens.shape, K)
+    for r in range(len(ro.texts)):
+        assert torch.equal(ro.routes[0][r, :P], prefill[[0, 1, 0][r // G]])
+        for s, step in enumerate(calls[1:]):
+            if ro.completion_mask[r, s]:
+                assert torch.equal(ro.routes[0][r, P + s], step[r])
+
+
+def test_routing_replay_needs_an_moe_model():
+    dense = preset("student", vocab_size=100)
+    with pytest.raises(r1.R1Error, match="routing-replay"):
+        GRPOConfig(routing_replay=True).check_fits(dense)
+    GRPOConfig(routing_replay=True).check_fits(preset("tiny", vocab_size=100))
 
 
 def test_exact_resume(tok, tmp_path, monkeypatch):

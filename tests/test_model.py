@@ -698,6 +698,59 @@ def test_pad_tokens_not_counted_in_load():
     assert m.expert_load()[:2].sum(1).tolist() == [8 * 2] * 2
 
 
+# ================================================================ 6b. routing replay (GRPO --routing-replay)
+
+def ref_swiglu(mlp, x):
+    return F.silu(x @ mlp.w1.weight.T) * (x @ mlp.w3.weight.T) @ mlp.w2.weight.T
+
+
+@pytest.mark.parametrize("score_func", ["sigmoid", "softmax"])
+def test_moe_replays_given_routes_by_hand(score_func):
+    """Given routes, the MoE uses exactly those experts, weighted by the current scores at them
+    (normalised as the gate does): here the gate's *worst* K experts, so its own top-k is never used."""
+    moe = make_moe(3, score_func=score_func, route_scale=2.5).double()
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    logits = x @ moe.gate.weight.T  # [B, T, E]
+    s = logits.sigmoid() if score_func == "sigmoid" else logits.softmax(-1)
+    routes = (s + moe.gate.bias).topk(2, dim=-1, largest=False).indices  # [B, T, K]: the bottom 2
+    own = (s + moe.gate.bias).topk(2, dim=-1).indices
+    assert not (routes.unsqueeze(-1) == own.unsqueeze(-2)).any()  # disjoint from the gate's choice
+    y, _ = moe(x, routes=routes)
+    for b in range(2):
+        for t in range(5):
+            g = s[b, t, routes[b, t]]
+            g = (g / g.sum() if score_func == "sigmoid" else g) * 2.5
+            want = ref_swiglu(moe.shared_experts, x[b, t])
+            for k in range(2):
+                want = want + g[k] * ref_swiglu(moe.experts[int(routes[b, t, k])], x[b, t])
+            close(y[b, t], want, 1e-6)
+    assert moe.load.tolist() == torch.bincount(routes.flatten(), minlength=8).double().tolist()
+    y.sum().backward()  # the router still learns: its gates come from its scores
+    assert moe.gate.weight.grad.abs().sum() > 0
+
+
+def test_routes_none_is_unchanged_and_own_routes_replay_bit_for_bit():
+    """Replaying the routers' own choices reproduces the routed forward exactly (the same ops on the same
+    numbers), and routes=None routes as always; the MTP block never takes routes."""
+    m = micro_model()
+    tokens, pad_mask = left_pad([[1, 2, 3], [4, 5, 6, 7, 8]])
+    seen = []
+    hooks = [b.ffn.gate.register_forward_hook(lambda mod, inp, out: seen.append(out[1]))
+             for b in m.layers if isinstance(b.ffn, MoE)]
+    with torch.no_grad():
+        plain = m(tokens, pad_mask=pad_mask)
+        own = [idx.view(*tokens.shape, -1) for idx in seen]  # [B, T, K] per main MoE layer
+        assert len(own) == 2
+        replayed = m(tokens, pad_mask=pad_mask, routes=own)
+        assert torch.equal(torch.cat(seen[2:]), torch.cat(seen[:2]))  # the gates returned the given routes
+        targets = torch.where(pad_mask, tokens, -100).roll(-1, 1)
+        assert torch.equal(m(tokens, targets, pad_mask=pad_mask)["total"],
+                           m(tokens, targets, pad_mask=pad_mask, routes=own)["total"])  # MTP included
+    for h in hooks:
+        h.remove()
+    assert torch.equal(plain, replayed)
+
+
 # ================================================================ 7. sequence-wise balance loss
 
 # scores of 3 tokens over 4 experts, chosen by hand; top-2 per token: {0,1}, {1,2}, {0,3}
