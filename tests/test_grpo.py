@@ -200,7 +200,7 @@ def test_replayed_routes_are_the_sampled_ones(tok, monkeypatch):
     prompt columns from the prefill of the row's prompt (two rows' prompts are the same: one prefill),
     completion column s from decode step s. Columns no forward read are not scored and not checked."""
     problems = train_grpo.rollout_problems(GRPOConfig(prompts_per_step=2), 0)
-    monkeypatch.setattr(train_grpo, "rollout_problems", lambda cfg, step: [problems[0], problems[1], problems[0]])
+    monkeypatch.setattr(train_grpo, "rollout_problems", lambda cfg, step, refill=0: [problems[0], problems[1], problems[0]])
     model = small_model(tok)
     calls = []  # per forward of the one main MoE layer: its gate's expert ids [M, K]
     moe = [b.ffn for b in model.layers if isinstance(b.ffn, MoE)]
@@ -323,6 +323,12 @@ def test_refill_fills_the_batch_with_groups_that_carry_signal(tok, monkeypatch):
     # the merged rollout is the same data: the training forward gives the sampler's log-probs on every row
     logp, _ = completion_logprobs(model, ro, torch.arange(len(ro.texts)), cfg.temperature)
     assert torch.allclose(logp[ro.completion_mask], ro.old_logp[ro.completion_mask], atol=1e-4)
+    # with routing replay, the sampled experts travel through the merge, aligned with the merged tokens
+    ro_r, *_ = train_grpo.sample_groups(model, tok, replace(cfg, routing_replay=True), 0, torch.device("cpu"),
+                                        World())
+    assert ro_r.texts == ro.texts and all(r.shape[:2] == ro_r.tokens.shape for r in ro_r.routes)
+    logp_r, _ = completion_logprobs(model, ro_r, torch.arange(len(ro_r.texts)), cfg.temperature, ro_r.routes)
+    assert torch.allclose(logp_r[ro_r.completion_mask], ro_r.old_logp[ro_r.completion_mask], atol=1e-4)
     # without refill, the groups without signal stay in the rollout (and the loss drops them)
     ro0, *_ = train_grpo.sample_groups(model, tok, replace(cfg, refill_rounds=0), 0, torch.device("cpu"), World())
     assert int(train_grpo.signal_groups(ro0, 4).sum()) == sum(even)
