@@ -604,9 +604,7 @@ def _check_length(model, prompt_len: int, max_new_tokens: int):
 def _check_writable(path: Path, option: str):
     """A file can be written at `path` (its folder exists and takes files), asked before the work
     whose result goes there, so that a typo does not lose an hour's results. Nothing is written."""
-    folder = path.parent
-    if path.is_dir():
-        raise R1Error(f"{option} {path} is a folder: give a file name")
+    folder = path.parent  # a folder given as the file: runs.check_output_file, called first
     if not folder.is_dir():
         raise R1Error(f"{option} {path}: {folder} " + ("is not a folder" if folder.exists() else "does not exist"))
     if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):

@@ -50,7 +50,7 @@ from evaluate import evaluate
 from model import ModelConfig, build_model, count_params, preset
 from report import format_table, plot_run, rows_by_task, table_keys, write_recipe_report, write_story_report
 from runs import (MAX_EVAL_K, MAX_EVAL_N, MAX_EXAMPLES, R1Error, autocast, check_memory, check_numbers,
-                  check_output_file, check_resume_config, has_checkpoint, load_checkpoint, load_run, mark_run_dir,
+                  check_output_file, check_resume_config, checkpoint_step, load_checkpoint, load_run, mark_run_dir,
                   open_run, prepare_run_dir, run_config_and_tokenizer, write_json_atomic, write_text_atomic)
 from sampler import complete
 from train import TrainConfig, check_sft_pairs, pretrain_batches, sft_batches, train_lm
@@ -67,7 +67,7 @@ def _begun(run: Path) -> bool:
 
 
 def _finished(run: Path, steps: int) -> bool:
-    return has_checkpoint(run) and load_checkpoint(run)["step"] >= steps
+    return checkpoint_step(run) >= steps
 
 
 def sft_stage(init: Path, run: Path, pairs: list[tuple[str, str]], cfg: TrainConfig, device, quiet: bool,

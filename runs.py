@@ -271,7 +271,9 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool, sources=
                           f"or choose another {flag}")
         check_deletable(path, sources)
         lock_run(path)
-        for child in path.iterdir():  # emptied, not removed: the lock stays on the folder itself
+        # check_deletable passed: r1's marker is there and the folder is none of the places never emptied.
+        # Emptied, not removed: the lock stays on the folder itself
+        for child in path.iterdir():
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     else:
         try:
@@ -483,7 +485,10 @@ def point_latest(ckdir: Path, name: str, keep: int = 2) -> None:
     """Point ckpt/latest at `name` (a .pt file or a DCP folder), then delete all but the newest
     `keep` checkpoints. Only after the pointer is replaced does the new checkpoint count."""
     write_text_atomic(ckdir / "latest", name)
-    done = sorted((p for p in ckdir.iterdir() if _CKPT_NAME.fullmatch(p.name)), key=lambda p: int(_CKPT_NAME.fullmatch(p.name)[1]))
+    # only what this code wrote: names of the form step_NNNNNN(.pt) in the ckpt/ folder of a run
+    # directory opened through prepare_run_dir, and their .sha256 files
+    done = sorted((p for p in ckdir.iterdir() if _CKPT_NAME.fullmatch(p.name)),
+                  key=lambda p: int(_CKPT_NAME.fullmatch(p.name)[1]))
     for old in done[:-keep]:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
         old.with_name(old.name + ".sha256").unlink(missing_ok=True)
@@ -491,6 +496,12 @@ def point_latest(ckdir: Path, name: str, keep: int = 2) -> None:
 
 def has_checkpoint(run: str | Path) -> bool:
     return (Path(run) / "ckpt" / "latest").is_file()
+
+
+def checkpoint_step(run: str | Path) -> int:
+    """The step of the run's newest checkpoint, read from its name (save_checkpoint names it by its
+    step) without loading it; 0 when the run has none."""
+    return int(_CKPT_NAME.fullmatch(latest_checkpoint(run).name)[1]) if has_checkpoint(run) else 0
 
 
 def latest_checkpoint(run: str | Path) -> Path:

@@ -53,6 +53,7 @@ expert loads are summed over ranks before the bias update; logged statistics are
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import re
@@ -504,7 +505,8 @@ def grpo_update(model: Transformer, ref, opt, ro: Rollout, sampled_routing, cfg:
             weight = 1.0 if len(rows) else 0.0
             rows = rows if len(rows) else torch.zeros(1, dtype=torch.long)
             measure = bool(sampled_routing) and not mismatch and not losses  # first mini-batch only
-            with RoutingRecorder(model, decode=False) as routed, autocast(device):
+            recorder = RoutingRecorder(model, decode=False) if measure else contextlib.nullcontext()
+            with recorder as routed, autocast(device):
                 logp, ent = completion_logprobs(model, ro, rows, cfg.temperature, routes)
                 ref_logp = None
                 if ref is not None:

@@ -205,9 +205,9 @@ class DistWorld(World):
         ckdir = Path(run) / "ckpt"
         name = f"step_{step:06d}"
         tmp = ckdir / (name + ".tmp")
-        if self.is_main:
+        if self.is_main:  # deletes below: only step_NNNNNN(.tmp) in the ckpt/ of a run opened by prepare_run_dir
             ckdir.mkdir(exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # a half-written folder of a rank killed before
         dist.barrier()
         dcp.save({"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, opt)},
                  checkpoint_id=tmp)

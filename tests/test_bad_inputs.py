@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,7 @@ from data import default_tokenizer  # noqa: E402
 from model import build_model, preset  # noqa: E402
 from train import TrainConfig, pretrain_batches, train_lm  # noqa: E402
 from runs import save_run_files  # noqa: E402
-from conftest import SMALL  # noqa: E402
+from conftest import SMALL, assert_error, inproc  # noqa: E402
 
 CPU = ["--device", "cpu", "--quiet"]
 SFT_OK = '{"prompt": "User: 1+2\\nAssistant:", "completion": "<think></think><answer>3</answer>"}\n'
@@ -285,6 +284,8 @@ CASES = [
 
 
 def run_case(tmp: Path, valid: Path, tiny: Path, name: str, argv: list[str], setup) -> tuple:
+    """The case's folder set up, then `python r1.py ARGV` in-process with the working directory and HOME
+    moved into it -> (folder, files before, files after, result)."""
     d = tmp / name
     d.mkdir()
     (d / "home").mkdir(exist_ok=True) if name != "overwrite_home" else None
@@ -295,30 +296,20 @@ def run_case(tmp: Path, valid: Path, tiny: Path, name: str, argv: list[str], set
         if setup is not None:
             setup(*(d, valid, tiny)[:setup.__code__.co_argcount])
         before = snapshot(d, valid)
-        args = [a.format(d=d, v=valid) for a in argv]
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                rc = r1.main(args)
-            except SystemExit as e:  # argparse
-                rc = e.code
-            except BaseException:  # noqa: BLE001 -- what `python r1.py` would print as a traceback
-                rc = 1
-                err.write(traceback.format_exc())
-        return d, before, snapshot(d, valid), rc, out.getvalue(), err.getvalue()
+        res = inproc(*[a.format(d=d, v=valid) for a in argv])
+        return d, before, snapshot(d, valid), res
     finally:
         os.chdir(old_cwd)
-        os.environ["HOME"] = old_home if old_home is not None else ""
+        if old_home is None:
+            os.environ.pop("HOME", None)
+        else:
+            os.environ["HOME"] = old_home
 
 
 @pytest.mark.parametrize("name, argv, setup, needle", CASES, ids=[c[0] for c in CASES])
 def test_bad_input(tmp_path, valid, tiny, name, argv, setup, needle):
-    d, before, after, rc, out, err = run_case(tmp_path, valid, tiny, name, argv, setup)
-    assert rc == 2, (rc, out[-1500:], err[-1500:])
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert "Traceback" not in out + err
-    assert needle in lines[0], (needle, lines[0])
+    d, before, after, res = run_case(tmp_path, valid, tiny, name, argv, setup)
+    assert_error(res, needle)  # exit 2, one "error:" line naming the needle, no traceback
     assert after == before, "files changed: " + ", ".join(sorted(str(x) for x in set(after.items()) ^ set(before.items()))[:6])
     assert not (d / "CANARY").exists()  # no code from a checkpoint ran
 

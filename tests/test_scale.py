@@ -126,7 +126,7 @@ def two_ranks(tmp_path_factory):
     with pytest.raises(Interrupt):
         train_lm(out / "single", model, tok, cfg, interrupted(pretrain_batches(cfg)), CPU, quiet=True)
     mp.spawn(two_rank_worker, args=(2, str(out / "store"), str(out)), nprocs=2)
-    return out, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return out, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
 @pytest.fixture(scope="module")
