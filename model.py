@@ -243,10 +243,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """The caller-owned MLA cache. Per layer: latent [B, S_max, C] and k_rope [B, S_max, R].
+    """The caller-owned MLA cache. Per layer one preallocated buffer kv [B, S_max, C + R]: the
+    normalised latent (first C numbers) and the rotary key (last R) of every token, written in place.
 
     That is kv_lora_rank + qk_rope_head_dim numbers per token per layer, instead of
-    H * (N + R + V) for a standard per-head K/V cache: the reason MLA exists.
+    H * (N + R + V) for a standard per-head K/V cache: the reason MLA exists. Latent and rotary key
+    sit side by side so that the absorbed attention reads both with one matmul (MLA.forward).
     Rows may be left-padded (prompts of different lengths): `valid` marks real key columns and
     `n_real` is the number of real tokens per row, which is also the next rotary position.
     """
@@ -254,28 +256,35 @@ class KVCache:
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32,
                  n_layers: int | None = None):
         n_layers = cfg.n_layers if n_layers is None else n_layers  # the MTP modules get their own
-        self.max_len = max_len
-        self.latent = [torch.zeros(batch, max_len, cfg.kv_lora_rank, device=device, dtype=dtype)
-                       for _ in range(n_layers)]
-        self.k_rope = [torch.zeros(batch, max_len, cfg.qk_rope_head_dim, device=device, dtype=dtype)
-                       for _ in range(n_layers)]
+        self.max_len, self.rank = max_len, cfg.kv_lora_rank
+        self.kv = [torch.zeros(batch, max_len, cfg.kv_lora_rank + cfg.qk_rope_head_dim, device=device, dtype=dtype)
+                   for _ in range(n_layers)]
         self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.n_real = torch.zeros(batch, dtype=torch.long, device=device)
         self.len = 0  # columns written so far (same for every row)
+
+    @property
+    def latent(self) -> list[torch.Tensor]:
+        """Per layer, the latent half of the buffer [B, S_max, C] (a view)."""
+        return [t[..., :self.rank] for t in self.kv]
+
+    @property
+    def k_rope(self) -> list[torch.Tensor]:
+        """Per layer, the rotary-key half of the buffer [B, S_max, R] (a view)."""
+        return [t[..., self.rank:] for t in self.kv]
 
     @property
     def batch(self) -> int:
         return self.valid.shape[0]
 
     def numel_per_token(self) -> int:
-        return sum(a.shape[-1] + b.shape[-1] for a, b in zip(self.latent, self.k_rope))
+        return sum(t.shape[-1] for t in self.kv)
 
     def index_select(self, rows: torch.Tensor) -> "KVCache":
         """A new cache whose row i is row rows[i] of this one: one prefill, copied to G samples."""
         new = object.__new__(KVCache)
-        new.max_len, new.len = self.max_len, self.len
-        new.latent = [t.index_select(0, rows) for t in self.latent]
-        new.k_rope = [t.index_select(0, rows) for t in self.k_rope]
+        new.max_len, new.rank, new.len = self.max_len, self.rank, self.len
+        new.kv = [t.index_select(0, rows) for t in self.kv]
         new.valid = self.valid.index_select(0, rows)
         new.n_real = self.n_real.index_select(0, rows)
         return new
@@ -334,21 +343,19 @@ class MLA(nn.Module):
         q_nope, q_rope = q.split([N, R], dim=-1)  # [B, T, H, N], [B, T, H, R]
         q_rope = apply_rope(q_rope, cos, sin)
 
-        kv = self.wkv_a(x)  # [B, T, C + R]
-        latent, k_rope = kv.split([C, R], dim=-1)
+        latent, k_rope = self.wkv_a(x).split([C, R], dim=-1)
         latent = self.kv_norm(latent)  # [B, T, C]   (what is cached: normalised latent ...)
         k_rope = apply_rope(k_rope, cos, sin)  # [B, T, R]   (... and the rotated shared key)
-        if cache is not None:
-            start = cache.len
-            cache.latent[layer][:, start:start + T] = latent
-            cache.k_rope[layer][:, start:start + T] = k_rope
-            latent = cache.latent[layer][:, :start + T]  # [B, S, C]
-            k_rope = cache.k_rope[layer][:, :start + T]  # [B, S, R]
+        if cache is not None:  # write this chunk in place, then attend over everything so far
+            start, buf = cache.len, cache.kv[layer]  # buf [B, S_max, C + R]
+            buf[:, start:start + T, :C] = latent
+            buf[:, start:start + T, C:] = k_rope
+            latent, k_rope = buf[:, :start + T].split([C, R], dim=-1)  # [B, S, C], [B, S, R] (views)
         S = latent.shape[1]
         is_causal = mask is None and T > 1
 
         if not absorb:
-            kv = self.wkv_b(latent).view(B, S, H, N + V)
+            kv = self.wkv_b(latent).view(B, S, H, N + V)  # per-head keys and values
             k_nope, v = kv.split([N, V], dim=-1)  # [B, S, H, N], [B, S, H, V]
             k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(B, S, H, R)], dim=-1)  # [B, S, H, N+R]
             qh = torch.cat([q_nope, q_rope], dim=-1).transpose(1, 2)  # [B, H, T, N+R]
@@ -356,14 +363,20 @@ class MLA(nn.Module):
                                                is_causal=is_causal, scale=self.softmax_scale)  # [B, H, T, V]
             o = o.transpose(1, 2)  # [B, T, H, V]
         else:
+            # fold the heads into the query axis: all H heads of a token read the same latent key and
+            # value, so attention over the cache is two plain batched matmuls per row [B, T*H, S]
             w = self.wkv_b.weight.view(H, N + V, C)
             w_uk, w_uv = w[:, :N], w[:, N:]  # [H, N, C], [H, V, C]
-            q_lat = torch.einsum("bthn,hnc->bhtc", q_nope, w_uk)  # query in latent space [B, H, T, C]
-            qh = torch.cat([q_lat, q_rope.transpose(1, 2)], dim=-1)  # [B, H, T, C+R]
-            k = torch.cat([latent, k_rope], dim=-1).unsqueeze(1)  # one "head" shared by all [B, 1, S, C+R]
-            o = F.scaled_dot_product_attention(qh, k, latent.unsqueeze(1), attn_mask=mask, is_causal=is_causal,
-                                               scale=self.softmax_scale, enable_gqa=True)  # [B, H, T, C]
-            o = torch.einsum("bhtc,hvc->bthv", o, w_uv)  # values leave the latent space [B, T, H, V]
+            q_lat = torch.einsum("bthn,hnc->bthc", q_nope, w_uk)  # query in latent space [B, T, H, C]
+            q = torch.cat([q_lat, q_rope], dim=-1).view(B, T * H, C + R)  # one row per (token, head)
+            kv = torch.cat([latent, k_rope], dim=-1) if cache is None else cache.kv[layer][:, :S]  # [B, S, C + R]
+            scores = (q @ kv.mT) * self.softmax_scale  # [B, T*H, S]: latent and rotary parts in one matmul
+            if mask is None and T > 1:  # plain causal (absorbed without a cache: tests compare the paths)
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+            if mask is not None:  # [B or 1, 1, T, S] -> one row per (token, head)
+                scores = scores.view(B, T, H, S).masked_fill(~mask.reshape(-1, T, 1, S), float("-inf")).view(B, T * H, S)
+            o = scores.softmax(-1).to(latent.dtype) @ latent  # [B, T*H, C]
+            o = torch.einsum("bthc,hvc->bthv", o.view(B, T, H, C), w_uv)  # values leave the latent space [B, T, H, V]
         return self.wo(o.flatten(2))  # [B, T, D]
 
 

@@ -38,7 +38,7 @@ left padding), L new tokens (max_new_tokens), W vocab, D model dim, S cache colu
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,9 @@ class Generation:
     truncated: torch.Tensor  # [N] True where the row hit max_new_tokens without stopping
     proposed: int = 0  # speculative: draft tokens proposed
     accepted: int = 0  # speculative: draft tokens accepted
+    # plain decoding: for each decode forward, the output row of each of its batch rows [n_s]
+    # (finished rows leave the batch: COMPACT_AT); what routing replay needs to place each step's experts
+    step_rows: list = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,16 +98,27 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _pick(logits, temperature, top_k, top_p, generator):
-    """logits [N, W] -> (token [N], its sampling distribution [N, W], or None when greedy).
-    `generator` may be a list, one per prompt: prompt i's rows draw from generator i only."""
+def _uniforms(generator, N: int, device) -> torch.Tensor:
+    """One uniform number in [0, 1) per output row [N], fresh each step. With a list of generators (one
+    per prompt, G rows each), prompt i's rows draw from generator i only. Every row draws every step,
+    finished or not, so a row's numbers depend only on its generator and the step: the batch may shrink
+    (finished rows compacted away) or hold other prompts without changing any row's sample."""
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([torch.rand(N // len(generator), generator=g, device=device, dtype=torch.float64)
+                          for g in generator])
+    return torch.rand(N, generator=generator, device=device, dtype=torch.float64)
+
+
+def _pick(logits, temperature, top_k, top_p, u):
+    """logits [n, W] -> (token [n], its sampling distribution [n, W], or None when greedy). u [n] are the
+    rows' uniforms: the token is the first whose cumulative probability exceeds u (inverse CDF), so it is
+    drawn with exactly its probability, and a token the filters removed (probability 0) never is."""
     if temperature == 0:
         return logits.argmax(-1), None
     probs = sampling_probs(logits, temperature, top_k, top_p)
-    if isinstance(generator, (list, tuple)):
-        groups = probs.split(len(probs) // len(generator))  # G rows per prompt [G, W] each
-        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(groups, generator)]).squeeze(1), probs
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1), probs
+    cdf = probs.double().cumsum(-1)  # [n, W], in fp64 so that u * total stays below the last entry
+    token = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+    return token.clamp(max=probs.shape[-1] - 1), probs
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,23 +143,27 @@ class _Rows:
         """[N] rows that still take tokens."""
         return ~self.finished & (self.length < self.L)
 
-    def emit(self, token, logprob, offer) -> torch.Tensor:
-        """Append token [N] (with logprob [N]) to every open row where offer [N]; returns who took it."""
-        take = offer & self.open
-        rows = take.nonzero().squeeze(1)
-        col = self.length[rows]
-        self.tokens[rows, col] = token[rows]
-        self.mask[rows, col] = True
-        self.logprobs[rows, col] = logprob[rows]
-        self.length += take.long()
-        stop = token == self.eos_id
+    def emit(self, token, logprob, offer, rows=None) -> torch.Tensor:
+        """Append token [n] (with logprob [n]) to output row rows[i] for every i where offer [n] and that
+        row is still open; rows [n] default to all N rows in order. Returns who took it [n]."""
+        rows = torch.arange(len(self.length), device=token.device) if rows is None else rows
+        take = offer & self.open[rows]
+        r, col = rows[take], self.length[rows[take]]
+        self.tokens[r, col] = token[take]
+        self.mask[r, col] = True
+        self.logprobs[r, col] = logprob[take]
+        self.length[r] += 1
+        stop = torch.zeros_like(self.finished)
+        stop[r] = token[take] == self.eos_id
         for s in self.stops:  # do the generated tokens now end with s?
             m = len(s)
             idx = (self.length.unsqueeze(1) - m + torch.arange(m, device=s.device)).clamp(min=0)  # [N, m]
             stop |= (self.length >= m) & (self.tokens.gather(1, idx) == s).all(1)
-        self.finished |= take & stop
+        self.finished[r] |= stop[r]
         if self.on_token is not None:
-            self.on_token(token, take)
+            full_token = torch.zeros_like(self.length).index_put_((rows,), token)
+            full_take = torch.zeros_like(self.finished).index_put_((rows,), take)
+            self.on_token(full_token, full_take)
         return take
 
 
@@ -209,17 +227,19 @@ def generate(model, prompts: list[list[int]], *, num_samples: int = 1, max_new_t
     out = _Rows(len(rows), L, eos_id, pad_id, stop_sequences, device, on_token)
     args = (model, ids, prompt_mask, rows, out, temperature, top_k, top_p, generator)
     proposed = accepted = 0
+    step_rows = []
     try:
         if speculative:
             proposed, accepted = _speculative(*args)
         else:
-            _plain(*args)
+            step_rows = _plain(*args)
     finally:
         model.train(was_training)
         for m, saved in zip(moes, loads):
             m.load.copy_(saved)
     return Generation(prompt=ids[rows], prompt_mask=prompt_mask[rows], tokens=out.tokens, mask=out.mask,
-                      logprobs=out.logprobs, truncated=~out.finished, proposed=proposed, accepted=accepted)
+                      logprobs=out.logprobs, truncated=~out.finished, proposed=proposed, accepted=accepted,
+                      step_rows=step_rows)
 
 
 def complete(model, tok, prompts: list[str], *, stop: str = "", **kw) -> tuple[Generation, list[str]]:
@@ -233,21 +253,34 @@ def complete(model, tok, prompts: list[str], *, stop: str = "", **kw) -> tuple[G
     return out, [tok.decode(out.tokens[r][out.mask[r]].tolist()) for r in range(out.tokens.shape[0])]
 
 
-def _plain(model, ids, prompt_mask, rows, out, temperature, top_k, top_p, generator) -> None:
-    """Prefill, copy the cache G times, then one [N, 1] forward per token, filling `out`."""
+# Finished rows ride along (masked) until they are this share of the batch; then the batch and its cache
+# are compacted to the live rows (one copy of the cache), so a decode costs what its live rows need.
+COMPACT_AT = 0.5
+
+
+def _plain(model, ids, prompt_mask, rows, out, temperature, top_k, top_p, generator) -> list[torch.Tensor]:
+    """Prefill, copy the cache G times, then one [n, 1] forward per token for the n live rows, filling `out`.
+    Returns the output rows of each decode forward's batch (Generation.step_rows)."""
     U, P = ids.shape
+    N = len(rows)
     cache = model.new_cache(U, P + out.L)
     logits = model(ids, pad_mask=prompt_mask, cache=cache)[:, -1]  # last column is real in every row [U, W]
     cache, logits = cache.index_select(rows), logits[rows]  # G copies of each prompt [N, ...]
-    live = out.open
+    at = torch.arange(N, device=ids.device)  # the output row of each batch row [n]
+    step_rows = []
     while True:
-        token, _ = _pick(logits, temperature, top_k, top_p, generator)  # [N]
-        out.emit(token, token_logprobs(logits, token, temperature), live)
-        live = out.open
+        u = _uniforms(generator, N, ids.device)[at] if temperature > 0 else None  # [n]
+        token, _ = _pick(logits, temperature, top_k, top_p, u)  # [n]
+        out.emit(token, token_logprobs(logits, token, temperature), torch.ones_like(at, dtype=torch.bool), at)
+        live = out.open[at]  # [n]
         if not live.any():
-            return
-        # finished rows ride along as invalid columns (pad_mask False): they see only themselves
-        logits = model(token.unsqueeze(1), pad_mask=live.unsqueeze(1), cache=cache)[:, -1]  # [N, W]
+            return step_rows
+        if live.sum() <= COMPACT_AT * len(at):  # keep only the live rows
+            keep = live.nonzero().squeeze(1)
+            cache, token, at, live = cache.index_select(keep), token[keep], at[keep], live[keep]
+        # finished rows not yet compacted ride along as invalid columns (pad_mask False): they see only themselves
+        step_rows.append(at)
+        logits = model(token.unsqueeze(1), pad_mask=live.unsqueeze(1), cache=cache)[:, -1]  # [n, W]
 
 
 def _speculative(model, ids, prompt_mask, rows, out, temperature, top_k, top_p, generator) -> tuple[int, int]:
@@ -266,7 +299,7 @@ def _speculative(model, ids, prompt_mask, rows, out, temperature, top_k, top_p, 
     if P > 1:  # MTP over the prompt: (h_i, x_{i+1}) for i < P-1 needs no sampled token yet
         _mtp(model, mcache, h[:, :-1], ids[:, 1:], prompt_mask[:, :-1])
     cache, mcache = cache.index_select(rows), mcache.index_select(rows)
-    first, _ = _pick(logits[rows, -1], temperature, top_k, top_p, generator)  # t_P [N]
+    first, _ = _pick(logits[rows, -1], temperature, top_k, top_p, _uniforms(generator, N, ids.device))  # t_P [N]
     out.emit(first, token_logprobs(logits[rows, -1], first, temperature), out.open)
     pend_h, pend_t = h[rows, -1:], first.unsqueeze(1)  # the MTP column (h_{P-1}, t_P) [N, 1, D], [N, 1]
     pend_ok = torch.ones(N, 1, dtype=torch.bool, device=ids.device)
@@ -277,7 +310,7 @@ def _speculative(model, ids, prompt_mask, rows, out, temperature, top_k, top_p, 
         # 1. draft t_{n+1} from the last valid pending MTP column
         q_logits = _mtp(model, mcache, pend_h, pend_t, pend_ok & live.unsqueeze(1))  # [N, w, W]
         q_logits = q_logits[arange, (pend_ok.sum(1) - 1).clamp(min=0)]  # [N, W]
-        draft, q = _pick(q_logits, temperature, top_k, top_p, generator)  # [N], [N, W] or None
+        draft, q = _pick(q_logits, temperature, top_k, top_p, _uniforms(generator, N, ids.device))  # [N], [N, W] or None
         # 2. verify: the main model reads [t_n, draft] -> its view of t_{n+1} and of t_{n+2}
         both = torch.stack([nxt, draft], 1)  # [N, 2]
         logits, h = model(both, pad_mask=live.unsqueeze(1).expand(N, 2), cache=cache,
@@ -293,7 +326,7 @@ def _speculative(model, ids, prompt_mask, rows, out, temperature, top_k, top_p, 
             resid = (p - q).clamp(min=0)
             resid = torch.where(resid.sum(-1, keepdim=True) > 0, resid, p)  # p == q: never rejected
             token = torch.where(ok, draft, torch.multinomial(resid, 1, generator=generator).squeeze(1))
-            bonus, _ = _pick(logits[:, 1], temperature, top_k, top_p, generator)
+            bonus, _ = _pick(logits[:, 1], temperature, top_k, top_p, _uniforms(generator, N, ids.device))
         ok &= live
         proposed, accepted = proposed + int(live.sum()), accepted + int(ok.sum())
         # 3. emit t_{n+1}, then t_{n+2} where the draft held (unless t_{n+1} stopped the row)

@@ -274,7 +274,7 @@ class RoutingRecorder:
                 if self.prefill[i] is None:  # the first forward of a sampling call is the prefill
                     self.prefill[i] = self.last[i].view(x.shape[0], x.shape[1], -1)  # [U, P, K]
                 else:
-                    self.steps[i].append(self.last[i].view(x.shape[0], -1))  # [N, K]
+                    self.steps[i].append(self.last[i].view(x.shape[0], -1))  # [n, K]: the batch's live rows
             return fn
 
         def on_model(mod, args):  # the prefill's tokens: which prompt each prefill row is
@@ -293,9 +293,19 @@ class RoutingRecorder:
             h.remove()
         self.handles = []
 
-    def per_token(self) -> list[torch.Tensor]:
+    def per_step(self, gen) -> list[torch.Tensor]:
+        """Per MoE layer: [N, s, K] the experts of decode step s's input token in every output row (the
+        sampler drops finished rows from its batch, gen.step_rows says which rows each step held; a row
+        absent from a step gets expert 0 there: no token of it is read at that step)."""
+        N, out = gen.tokens.shape[0], []
+        for steps in self.steps:
+            full = [s.new_zeros(N, s.shape[1]).index_copy_(0, rows, s) for s, rows in zip(steps, gen.step_rows)]
+            out.append(torch.stack(full, 1) if full else self.prefill[0].new_zeros(N, 0, 1))  # [N, s, K]
+        return out
+
+    def per_token(self, gen) -> list[torch.Tensor]:
         """Per MoE layer: [N, steps, K] sorted expert ids of decode step s's input token."""
-        return [torch.stack(s, 1).sort(-1).values for s in self.steps if s]
+        return [s.sort(-1).values for s in self.per_step(gen) if s.shape[1]]
 
     def routes(self, gen) -> list[torch.Tensor]:
         """What routing replay feeds the training forward: per main MoE layer, the experts sampling used
@@ -307,9 +317,9 @@ class RoutingRecorder:
         u = same.long().argmax(1)  # [N]
         N, L = gen.tokens.shape
         out = []
-        for pre, steps in zip(self.prefill, self.steps):
+        for pre, read in zip(self.prefill, self.per_step(gen)):
             K = pre.shape[-1]
-            read = torch.stack(steps, 1) if steps else pre.new_zeros(N, 0, K)  # [N, s, K], s < L
+            read = read if read.shape[1] else pre.new_zeros(N, 0, K)  # [N, s, K], s < L
             unread = pre.new_zeros(N, L - read.shape[1], K)  # [N, L-s, K]
             out.append(torch.cat([pre[u], read, unread], 1))  # [N, P+L, K]
         return out
@@ -358,7 +368,7 @@ def rollout(model, tok, cfg: GRPOConfig, step: int, device, world: World | None 
                  completion_mask=out.mask, old_logp=out.logprobs.float(), rewards=r,
                  advantages=group_advantages(r, G, cfg.scale_rewards), truncated=out.truncated, texts=texts,
                  prompt_len=out.prompt.shape[1], routes=rec.routes(out) if cfg.routing_replay else None)
-    return ro, problems, parts, rec.per_token()
+    return ro, problems, parts, rec.per_token(out)
 
 
 def signal_groups(ro: Rollout, G: int) -> torch.Tensor:
@@ -458,7 +468,8 @@ def routing_mismatch(trained: list[torch.Tensor | None], sampled: list[torch.Ten
         train_idx = idx.view(n, P + L, -1).sort(-1).values  # [n, P+L, K]
         steps = s.shape[1]  # decode step j takes completion token j as input
         t = train_idx[:, P:P + steps]  # [n, steps, K]
-        valid = ro.completion_mask[rows, :steps]
+        # token j counts if it predicts a real token j+1: a row's last token may have left the batch unread
+        valid = ro.completion_mask[rows, 1:steps + 1]
         same = (t == s[rows][:, :t.shape[1]]).all(-1)
         diff += int((~same & valid[:, :t.shape[1]]).sum())
         total += int(valid[:, :t.shape[1]].sum())

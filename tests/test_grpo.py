@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import r1
+import sampler
 import train_grpo
 from data import default_tokenizer
 from model import MoE, build_model, preset
@@ -207,6 +208,7 @@ def test_replayed_routes_are_the_sampled_ones(tok, monkeypatch):
     assert len(moe) == 1
     hook = moe[0].gate.register_forward_hook(lambda mod, inp, out: calls.append(out[1]))
     cfg = GRPOConfig(prompts_per_step=3, num_generations=2, max_completion_length=10, routing_replay=True)
+    monkeypatch.setattr(sampler, "COMPACT_AT", 0.0)  # every decode step holds every row (compaction: below)
     ro, *_ = rollout(model, tok, cfg, step=0, device=torch.device("cpu"))
     hook.remove()
     P, G, K = ro.prompt_len, 2, 2
@@ -217,6 +219,29 @@ def test_replayed_routes_are_the_sampled_ones(tok, monkeypatch):
         for s, step in enumerate(calls[1:]):
             if ro.completion_mask[r, s]:
                 assert torch.equal(ro.routes[0][r, P + s], step[r])
+
+
+def test_replayed_routes_survive_compaction(tok, monkeypatch):
+    """The sampler drops finished rows from its batch; the recorder puts each step's experts back on
+    the right rows: the same routes on every scored column as when no row ever leaves."""
+    model = small_model(tok)
+    with torch.no_grad():  # make EOS likely in some states, so rows finish at different steps
+        model.head.weight[tok.eos_id] += 0.3 * torch.randn(model.cfg.dim, generator=torch.Generator().manual_seed(0))
+    cfg = GRPOConfig(prompts_per_step=3, num_generations=4, max_completion_length=12, routing_replay=True)
+    runs = {}
+    for at in (0.0, 1.0):
+        monkeypatch.setattr(sampler, "COMPACT_AT", at)
+        runs[at] = rollout(model, tok, cfg, step=0, device=torch.device("cpu"))
+    (a, *_, a_steps), (b, *_, b_steps) = runs[0.0], runs[1.0]
+    lengths = a.completion_mask.sum(1)
+    assert lengths.min() < lengths.max() == 12  # rows left the batch at different steps
+    assert torch.equal(a.tokens, b.tokens)
+    P = a.prompt_len
+    scored = torch.cat([a.pad_mask[:, 1:P + 1], a.completion_mask[:, 1:]], 1)  # column j predicts a real j+1
+    for ra, rb in zip(a.routes, b.routes):
+        assert torch.equal(ra[:, :-1][scored], rb[:, :-1][scored])
+    for sa, sb in zip(a_steps, b_steps):
+        assert torch.equal(sa[a.completion_mask[:, 1:sa.shape[1] + 1]], sb[a.completion_mask[:, 1:sb.shape[1] + 1]])
 
 
 def test_routing_replay_needs_an_moe_model():

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model import KVCache, MoE, Transformer, build_model, preset
+import sampler
 from sampler import generate
 from tools.bench import bench_sampler
 
@@ -101,6 +102,24 @@ def test_seeded_generator_reproduces(tiny32):
         assert torch.equal(a.tokens, b.tokens) and torch.equal(a.logprobs, b.logprobs)
         assert (a.proposed, a.accepted) == (b.proposed, b.accepted)
         assert not torch.equal(a.tokens, c.tokens)
+
+
+@pytest.mark.parametrize("per_prompt", [False, True])
+def test_compacting_finished_rows_changes_nothing(tiny64, monkeypatch, per_prompt):
+    """Finished rows dropped from the batch (every step) or riding along to the end: the same samples,
+    since each row's uniforms depend only on its generator and the step (float64: no float ties)."""
+    def run(compact_at):
+        monkeypatch.setattr(sampler, "COMPACT_AT", compact_at)
+        gen = ([torch.Generator().manual_seed(i) for i in range(len(RAGGED))] if per_prompt
+               else torch.Generator().manual_seed(0))
+        return generate(tiny64, RAGGED, num_samples=3, max_new_tokens=12, temperature=1.0, top_p=0.95,
+                        eos_id=5, pad_id=0, generator=gen)
+
+    never, always = run(0.0), run(1.0)
+    lengths = never.mask.sum(1)
+    assert lengths.min() < 12 and lengths.max() == 12  # rows finished at different steps
+    assert torch.equal(never.tokens, always.tokens) and torch.equal(never.mask, always.mask)
+    assert torch.allclose(never.logprobs, always.logprobs, atol=1e-9)
 
 
 def nucleus(logits: list[float], T: float, top_k: int, top_p: float) -> dict[int, float]:
