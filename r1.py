@@ -109,6 +109,8 @@ CONFIG_HELP = {
         "scale_rewards": "group (advantages divided by the group's reward std) or none (Dr. GRPO)",
         "num_iterations": "mu: optimizer epochs over each rollout (>= 1)",
         "num_minibatches": "mini-batches per epoch (>= 1, at most prompts-per-step x num-generations)",
+        "microbatch_size": "rows per training forward, sorted by length so each is trimmed to its longest "
+                           "completion; gradients add up over them (>= 1; a memory and speed knob, same result)",
         "temperature": "rollout sampling temperature (> 0; R1: 1.0)",
         "top_p": "rollout nucleus sampling (0 < top-p <= 1; 1 = off)",
         "max_completion_length": "most tokens per completion (>= 1; prompt + this must fit the model's max_seq_len)",

@@ -90,6 +90,7 @@ class GRPOConfig:
     scale_rewards: str = "group"  # "group" (divide by the group's std) or "none" (Dr. GRPO)
     num_iterations: int = 1  # mu: inner epochs over each rollout
     num_minibatches: int = 1  # mini-batches per epoch (R1: 16)
+    microbatch_size: int = 32  # rows per training forward (all ranks together); gradients are accumulated
     temperature: float = 1.0  # rollout temperature (R1: 1.0)
     top_p: float = 1.0
     max_completion_length: int = 80
@@ -125,6 +126,7 @@ class GRPOConfig:
             (self.loss_type in ("grpo", "dapo", "dr_grpo"), "--loss-type must be grpo, dapo or dr_grpo"),
             (self.scale_rewards in ("group", "none"), "--scale-rewards must be group or none"),
             (self.num_iterations >= 1 and self.num_minibatches >= 1, "--num-iterations and --num-minibatches must be >= 1"),
+            (self.microbatch_size >= 1, "--microbatch-size must be >= 1"),
             (self.temperature > 0, "--temperature must be > 0 for RL rollouts"),
             (0 < self.top_p <= 1, "--top-p must be in (0, 1]"),
             (self.max_completion_length > 0, "--max-completion-length must be > 0"),
@@ -226,18 +228,30 @@ class Rollout:
     routes: list[torch.Tensor] | None = None  # per main MoE layer [N, P+L, K]: the experts sampling used
 
 
+def trained_columns(ro: Rollout, rows) -> slice:
+    """The columns of ro.tokens a training forward on `rows` needs: from the first column any of them
+    has a real prompt token (left padding all of them share is cut) to the end of their longest
+    completion (right padding all of them share is cut). Causal attention and positions counted from
+    real tokens make the cut exact."""
+    first = int(ro.pad_mask[rows, :ro.prompt_len].any(0).long().argmax())
+    return slice(first, ro.prompt_len + int(ro.completion_mask[rows].sum(1).max()))
+
+
 def completion_logprobs(model: Transformer, ro: Rollout, rows, temperature: float, routes=None):
-    """Training forward on rows of a rollout -> (logp [n, L], entropy [n, L]). routes (ro.routes: per main
-    MoE layer [N, P+L, K]), if given, are replayed instead of the routers' own choices."""
-    P = ro.prompt_len
-    routes = None if routes is None else [r[rows] for r in routes]  # [n, P+L, K] each
-    logits = model(ro.tokens[rows], pad_mask=ro.pad_mask[rows], routes=routes)  # [n, P+L, W]
-    logits = logits[:, P - 1:-1].float() / temperature  # position t predicts token t+1 [n, L, W]
+    """Training forward on rows of a rollout -> (logp [n, L], entropy [n, L]), 0 after each row's
+    completion. Only trained_columns(ro, rows) go through the model. routes (ro.routes: per main MoE
+    layer [N, P+L, K]), if given, are replayed instead of the routers' own choices."""
+    cols = trained_columns(ro, rows)
+    P, L = ro.prompt_len - cols.start, ro.completion_mask.shape[1]  # P: prompt columns kept
+    routes = None if routes is None else [r[rows, cols] for r in routes]  # [n, P+L', K] each
+    tokens = ro.tokens[rows, cols]  # [n, P+L']
+    logits = model(tokens, pad_mask=ro.pad_mask[rows, cols], routes=routes)  # [n, P+L', W]
+    logits = logits[:, P - 1:-1].float() / temperature  # position t predicts token t+1 [n, L', W]
     logp_all = F.log_softmax(logits, dim=-1)
-    target = ro.tokens[rows, P:]
-    logp = logp_all.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # [n, L]
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n, L]
-    return logp, entropy
+    logp = logp_all.gather(-1, tokens[:, P:].unsqueeze(-1)).squeeze(-1)  # [n, L']
+    entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n, L']
+    pad = (0, L - logp.shape[1])  # back to the rollout's L columns
+    return F.pad(logp, pad), F.pad(entropy, pad)
 
 
 def reflection_count(text: str) -> int:
@@ -461,11 +475,11 @@ def routing_mismatch(trained: list[torch.Tensor | None], sampled: list[torch.Ten
     routing mismatch of large-scale RL."""
     if not sampled or not trained or trained[0] is None:
         return None
-    P, L = ro.prompt_len, ro.completion_mask.shape[1]
-    n = len(rows)
+    cols = trained_columns(ro, rows)  # what the training forward read
+    P, n = ro.prompt_len - cols.start, len(rows)
     diff, total = 0, 0
     for idx, s in zip(trained, sampled):
-        train_idx = idx.view(n, P + L, -1).sort(-1).values  # [n, P+L, K]
+        train_idx = idx.view(n, cols.stop - cols.start, -1).sort(-1).values  # [n, P+L', K]
         steps = s.shape[1]  # decode step j takes completion token j as input
         t = train_idx[:, P:P + steps]  # [n, steps, K]
         # token j counts if it predicts a real token j+1: a row's last token may have left the batch unread
@@ -510,42 +524,58 @@ def grpo_update(model: Transformer, ref, opt, ro: Rollout, sampled_routing, cfg:
         if n_kept == 0:
             break
         perm = rows_all[torch.randperm(len(rows_all))]
-        for rows in perm.tensor_split(min(cfg.num_minibatches, n_kept)):
-            # a rank with no rows in this mini-batch still joins the sharded forward and
-            # backward, on one row whose loss weighs 0
-            weight = 1.0 if len(rows) else 0.0
-            rows = rows if len(rows) else torch.zeros(1, dtype=torch.long)
-            measure = bool(sampled_routing) and not mismatch and not losses  # first mini-batch only
-            recorder = RoutingRecorder(model, decode=False) if measure else contextlib.nullcontext()
-            with recorder as routed, autocast(device):
-                logp, ent = completion_logprobs(model, ro, rows, cfg.temperature, routes)
-                ref_logp = None
-                if ref is not None:
-                    with torch.no_grad():
-                        ref_logp, _ = completion_logprobs(ref, ro, rows, cfg.temperature, routes)
-            if measure:
-                mm = routing_mismatch(routed.last, sampled_routing, ro, rows)
-                mismatch += [] if mm is None else [mm]
-            loss, st = grpo_loss(logp, ro.old_logp[rows], ro.advantages[rows], loss_mask[rows], ref_logp=ref_logp,
-                                 beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                                 loss_type=cfg.loss_type, max_len=cfg.max_completion_length)
-            # this rank's share of the global normaliser (exactly 1.0 in one process)
-            denom = loss_denominator(loss_mask[rows], cfg.loss_type) * weight
-            loss = loss * (denom * world.world_size / world.all_reduce_sum(denom))
-            if not torch.isfinite(loss):  # a NaN stops the run: it is never skipped silently
-                raise R1Error(f"grpo step {step}: the loss is {loss.item()} (non-finite); "
-                              f"lower --learning-rate (now {cfg.learning_rate}) or check the run's samples.txt")
-            loss.backward()
+        for batch in perm.tensor_split(min(cfg.num_minibatches, n_kept)):
+            # micro-batches: the mini-batch's rows sorted by completion length, cut into the same number of
+            # pieces on every rank, each trimmed to its own longest completion (completion_logprobs), so
+            # padding costs little; their gradients add up to the mini-batch's, each loss weighted by its
+            # share of the mini-batch's normaliser (all ranks')
+            n_micro = -(-int(world.all_reduce_sum(torch.tensor(len(batch)))) // (world.world_size * cfg.microbatch_size))
+            by_length = batch[loss_mask[batch].sum(1).argsort(stable=True)]
+            # a rank with no rows in a micro-batch still joins the sharded forward and backward, on one row
+            # whose loss weighs 0
+            micro = [(rows, 1.0) if len(rows) else (torch.zeros(1, dtype=torch.long), 0.0)
+                     for rows in by_length.tensor_split(max(n_micro, 1))]
+            denoms = [loss_denominator(loss_mask[rows], cfg.loss_type) * weight for rows, weight in micro]
+            total = world.all_reduce_sum(sum(denoms))
+            step_loss, sums = 0.0, {"tokens": 0.0, "clip": 0.0, "ratio": 0.0, "kl": 0.0, "ent": 0.0}
+            for (rows, weight), denom in zip(micro, denoms):
+                measure = bool(sampled_routing) and not mismatch and not losses and not sums["tokens"]  # first only
+                recorder = RoutingRecorder(model, decode=False) if measure else contextlib.nullcontext()
+                with recorder as routed, autocast(device):
+                    logp, ent = completion_logprobs(model, ro, rows, cfg.temperature, routes)
+                    ref_logp = None
+                    if ref is not None:
+                        with torch.no_grad():
+                            ref_logp, _ = completion_logprobs(ref, ro, rows, cfg.temperature, routes)
+                if measure:
+                    mm = routing_mismatch(routed.last, sampled_routing, ro, rows)
+                    mismatch += [] if mm is None else [mm]
+                loss, st = grpo_loss(logp, ro.old_logp[rows], ro.advantages[rows], loss_mask[rows], ref_logp=ref_logp,
+                                     beta=cfg.beta, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                                     loss_type=cfg.loss_type, max_len=cfg.max_completion_length)
+                loss = loss * (denom * world.world_size / total)  # exactly denom / total in one process
+                if not torch.isfinite(loss):  # a NaN stops the run: it is never skipped silently
+                    raise R1Error(f"grpo step {step}: the loss is {loss.item()} (non-finite); "
+                                  f"lower --learning-rate (now {cfg.learning_rate}) or check the run's samples.txt")
+                loss.backward()
+                step_loss += float(loss.detach())
+                m = loss_mask[rows].float() * weight
+                n = float(m.sum())  # the stats are token means over the mini-batch
+                sums["tokens"] += n
+                sums["clip"] += st["clip_frac"] * n
+                sums["ratio"] += st["ratio"] * n
+                sums["kl"] += (st["kl"] or 0.0) * n
+                sums["ent"] += float((ent.detach() * m).sum())
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            m = loss_mask[rows].float()
-            losses.append(float(world.all_reduce_mean(loss.detach())))
-            clip.append(st["clip_frac"])
-            ratios.append(st["ratio"])
-            ents.append(float((ent.detach() * m).sum() / m.sum().clamp(min=1)))
-            if st["kl"] is not None:
-                kls.append(st["kl"])
+            n = max(sums["tokens"], 1.0)
+            losses.append(float(world.all_reduce_mean(torch.tensor(step_loss))))
+            clip.append(sums["clip"] / n)
+            ratios.append(sums["ratio"] / n)
+            ents.append(sums["ent"] / n)
+            if ref is not None and cfg.beta > 0:
+                kls.append(sums["kl"] / n)
     # 5. MoE bias update from the rollout's loads (all ranks')
     load = world.all_reduce_sum(model.expert_load())
     if n_kept:
