@@ -785,6 +785,18 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 3 * (2 * matmul_params + attn)
 
 
+def decode_flops(cfg: ModelConfig, batch: int, cached: int) -> float:
+    """FLOPs of one absorbed decode step of the main model (no MTP): `batch` rows of one new token each,
+    attending over `cached` + 1 columns. The activated weights once per token (the absorbed path folds
+    wkv_b into the query and the output, which costs the same multiply-adds as applying it to the one
+    new token), plus the attention over the latent cache: scores over C + R numbers and values over C,
+    per head and column. The decode roofline: this over the measured matmul peak."""
+    c = count_params(cfg)
+    S = cached + 1
+    attention = cfg.n_layers * cfg.n_heads * S * (2 * cfg.kv_lora_rank + cfg.qk_rope_head_dim)
+    return 2.0 * batch * (c["activated"] - c["embedding"] + attention)
+
+
 def activation_numbers(cfg: ModelConfig, moe: bool) -> int:
     """Numbers autograd keeps per token for one block (MLA + FFN), without recomputation: the
     activation memory of training (scale/plan.py's planner, runs.check_memory)."""

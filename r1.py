@@ -332,8 +332,8 @@ def _recipe_config(args):
     from recipe import RecipeConfig
 
     cfg = config_from_args(RecipeConfig, args)
-    return RecipeConfig.smoke(**{k: v for k, v in dataclasses.asdict(cfg).items()
-                                 if getattr(args, k, None) is not None}) if args.smoke else cfg
+    return RecipeConfig.for_smoke(**{k: v for k, v in dataclasses.asdict(cfg).items()
+                                     if getattr(args, k, None) is not None}) if args.smoke else cfg
 
 
 def cmd_distill(args):
@@ -789,9 +789,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_sample)
 
     p = sub.add_parser("bench", help="throughput, FLOPs per token and MFU against this machine's matmul peak")
-    p.add_argument("--only", choices=["train", "sampler", "rewards"], default=None, help="one part only")
+    p.add_argument("--only", choices=["train", "decode", "sampler", "grpo", "rewards"], default=None,
+                   help="one part only")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (slow to start)")
-    p.add_argument("--run", default=None, help="also benchmark the sampler on this trained run")
+    p.add_argument("--run", default=None, help="also benchmark the sampler, and the GRPO step, on this trained run")
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("export", help="write a run as a Hugging Face DeepSeek-V3 folder (transformers loads it)")

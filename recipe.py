@@ -410,7 +410,7 @@ class RecipeConfig:
             raise R1Error(f"--cold-start-n and --rs-prompts must be at most {MAX_EXAMPLES:,}")
 
     @classmethod
-    def smoke(cls, **kw) -> "RecipeConfig":
+    def for_smoke(cls, **kw) -> "RecipeConfig":
         return cls(**{**SMOKE["recipe"], "smoke": True, **kw})
 
     def sft(self, steps: int) -> TrainConfig:

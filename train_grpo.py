@@ -229,12 +229,11 @@ class Rollout:
 
 
 def trained_columns(ro: Rollout, rows) -> slice:
-    """The columns of ro.tokens a training forward on `rows` needs: from the first column any of them
-    has a real prompt token (left padding all of them share is cut) to the end of their longest
-    completion (right padding all of them share is cut). Causal attention and positions counted from
-    real tokens make the cut exact."""
-    first = int(ro.pad_mask[rows, :ro.prompt_len].any(0).long().argmax())
-    return slice(first, ro.prompt_len + int(ro.completion_mask[rows].sum(1).max()))
+    """The columns of ro.tokens a training forward on `rows` needs: the prompt and the completion up to
+    the end of their longest completion (the right padding all of them share is cut; causal attention
+    makes the cut exact). The prompt columns stay whole, so every forward of a rollout sees its
+    prompts at the same columns whichever rows it holds (the ranks of a sharded run included)."""
+    return slice(0, ro.prompt_len + int(ro.completion_mask[rows].sum(1).max()))
 
 
 def completion_logprobs(model: Transformer, ro: Rollout, rows, temperature: float, routes=None):
@@ -242,10 +241,12 @@ def completion_logprobs(model: Transformer, ro: Rollout, rows, temperature: floa
     completion. Only trained_columns(ro, rows) go through the model. routes (ro.routes: per main MoE
     layer [N, P+L, K]), if given, are replayed instead of the routers' own choices."""
     cols = trained_columns(ro, rows)
-    P, L = ro.prompt_len - cols.start, ro.completion_mask.shape[1]  # P: prompt columns kept
+    P, L = ro.prompt_len, ro.completion_mask.shape[1]
     routes = None if routes is None else [r[rows, cols] for r in routes]  # [n, P+L', K] each
     tokens = ro.tokens[rows, cols]  # [n, P+L']
-    logits = model(tokens, pad_mask=ro.pad_mask[rows, cols], routes=routes)  # [n, P+L', W]
+    # the expert loads count real tokens only: the prompt's and the completion's, not the padding after it
+    real = torch.cat([ro.pad_mask[rows, :P], ro.completion_mask[rows]], 1)[:, cols]  # [n, P+L']
+    logits = model(tokens, pad_mask=ro.pad_mask[rows, cols], routes=routes, moe_mask=real)  # [n, P+L', W]
     logits = logits[:, P - 1:-1].float() / temperature  # position t predicts token t+1 [n, L', W]
     logp_all = F.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, tokens[:, P:].unsqueeze(-1)).squeeze(-1)  # [n, L']
@@ -476,10 +477,10 @@ def routing_mismatch(trained: list[torch.Tensor | None], sampled: list[torch.Ten
     if not sampled or not trained or trained[0] is None:
         return None
     cols = trained_columns(ro, rows)  # what the training forward read
-    P, n = ro.prompt_len - cols.start, len(rows)
+    P, n = ro.prompt_len, len(rows)
     diff, total = 0, 0
     for idx, s in zip(trained, sampled):
-        train_idx = idx.view(n, cols.stop - cols.start, -1).sort(-1).values  # [n, P+L', K]
+        train_idx = idx.view(n, cols.stop, -1).sort(-1).values  # [n, P+L', K]
         steps = s.shape[1]  # decode step j takes completion token j as input
         t = train_idx[:, P:P + steps]  # [n, steps, K]
         # token j counts if it predicts a real token j+1: a row's last token may have left the batch unread
@@ -499,6 +500,10 @@ def loss_denominator(mask: torch.Tensor, loss_type: str) -> torch.Tensor:
     """What grpo_loss divides this mini-batch's summed terms by, up to a constant: its tokens
     (dapo) or its sequences (grpo: a mean of sequence means; dr_grpo: sequences x L_max)."""
     return mask.sum().clamp(min=1).float() if loss_type == "dapo" else torch.tensor(float(len(mask)))
+
+
+def make_optimizer(model: Transformer, cfg: GRPOConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
 
 
 def grpo_update(model: Transformer, ref, opt, ro: Rollout, sampled_routing, cfg: GRPOConfig, step: int, device,
@@ -593,7 +598,7 @@ def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, stat
     world = world or World()
     cfg.check_fits(model.cfg)
     metrics = Metrics(run / "metrics.jsonl")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     ref = None
     start = 0
     if state is not None and state.get("stage") == "grpo":

@@ -146,3 +146,30 @@ def test_training_and_sampling_off_cuda_stay_fp32(device):
     with runs.autocast(torch.device(device)):
         assert not torch.is_autocast_enabled("cpu")
         assert (torch.ones(2, 3) @ torch.ones(3, 2)).dtype == FP32
+
+
+def test_decode_flops_equal_the_counted_matmuls():
+    """model.decode_flops (the decode roofline's numerator) against torch's own count of the matmul FLOPs
+    one absorbed decode step runs (FlopCounterMode), for a MoE and a dense model with low-rank queries."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from model import build_model, decode_flops, preset
+
+    for cfg in (preset("tiny", vocab_size=40), preset("small", vocab_size=40, n_routed_experts=0, mtp_depth=0)):
+        model = build_model(cfg, seed=0).eval()
+        B, cached = 5, 7
+        cache = model.new_cache(B, cached + 1)
+        with torch.no_grad():
+            model(torch.randint(cfg.vocab_size, (B, cached)), cache=cache)
+            with FlopCounterMode(display=False) as counter:
+                model(torch.randint(cfg.vocab_size, (B, 1)), cache=cache)
+        assert counter.get_total_flops() == decode_flops(cfg, B, cached)
+
+
+def test_decode_step_and_grpo_step_report(capsys):
+    r = bench.decode_step(bench.build_model(bench.preset("tiny", vocab_size=40), seed=0), batch=3, cached=5, reps=1)
+    assert r["seconds"] > 0 and r["flops"] == bench.decode_flops(bench.preset("tiny", vocab_size=40), 3, 5)
+    bench.bench_grpo(steps=1, prompts_per_step=2, num_generations=2, max_completion_length=4)
+    line = capsys.readouterr().out.strip()
+    assert re.fullmatch(r"grpo step \(random tiny model, 2 prompts x 2 samples, \d+ tokens a completion\): "
+                        r"[\d.]+ s = sampling [\d.]+ s \+ training [\d.]+ s", line), line

@@ -1,7 +1,7 @@
 """Benchmarks: measured on this machine, printed, never asserted (speed is not a test).
 
     python r1.py bench                 everything below on the default sizes
-    python r1.py bench --only train    training throughput and MFU only (also: sampler, rewards)
+    python r1.py bench --only train    training throughput and MFU only (also: decode, sampler, grpo, rewards)
     python r1.py bench --only sampler --run runs/zero/rl   the sampler also on a trained model
 
 - machine: the CPU model, the ISA features that decide matmul speed (avx2, avx512f, avx512_bf16,
@@ -17,8 +17,12 @@
   token (model.flops_per_token), MFU against each fast-path peak, and a dense model of equal activated
   width (the cost of MoE dispatch); where bf16 is a fast path, also the same steps under bf16 autocast
   against fp32: the measurement behind runs.autocast keeping CPU training in fp32;
-- sampler: tokens/s with the latent KV cache vs re-running the whole sequence, and self-speculative
-  MTP decoding vs plain (bench_sampler below);
+- decode: one decode step of the tiny preset (batch 128, 64 cached tokens) against its roofline, its
+  FLOPs (model.decode_flops) at the measured fp32 peak;
+- sampler: tokens/s with the latent KV cache (greedy and sampled) vs re-running the whole sequence, and
+  self-speculative MTP decoding vs plain (bench_sampler below);
+- grpo: a GRPO step on the default settings split into sampling and training (on --run's model when
+  given); tools/race.py races both halves against transformers' generate and TRL;
 - rewards: calls/s and the worst call over rewards.HOSTILE_ANSWERS (bench_rewards below).
 """
 
@@ -34,7 +38,7 @@ from pathlib import Path
 import torch
 
 import rewards
-from model import build_model, count_params, flops_per_token, preset
+from model import build_model, count_params, decode_flops, flops_per_token, preset
 from sampler import generate
 
 # The /proc/cpuinfo flags that decide fp32/bf16 matmul speed: x86 ("flags") and arm64 ("Features").
@@ -193,15 +197,83 @@ def bench_reward_fns():
 def main(only: str | None = None, compile: bool = False, run: str | None = None):
     if only in (None, "train"):
         bench_train(compile)
+    if only in (None, "decode"):
+        bench_decode()
     if only in (None, "sampler"):
         bench_sampling(run)
+    if only in (None, "grpo"):
+        bench_grpo(run)
     if only in (None, "rewards"):
         bench_reward_fns()
 
 
 # --------------------------------------------------------------------------------------------
-# The sampler and the rewards
+# Decoding, the sampler, a GRPO step and the rewards
 # --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def decode_step(model, batch: int = 128, cached: int = 64, reps: int = 20) -> dict:
+    """Best wall time of one absorbed decode step: `batch` rows, one new token each, over `cached` columns
+    already in the cache (random tokens: the cost does not depend on them), and its FLOPs."""
+    cfg = model.cfg
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    cache = model.new_cache(batch, cached + 1)
+    model(torch.randint(cfg.vocab_size, (batch, cached), generator=gen), cache=cache)
+    token = torch.randint(cfg.vocab_size, (batch, 1), generator=gen)
+    best = float("inf")
+    for _ in range(reps + 3):  # three warm-up steps
+        cache.len, cache.n_real[:] = cached, cached  # the same step again
+        t = time.perf_counter()
+        model(token, cache=cache)
+        best = min(best, time.perf_counter() - t)
+    model.train(was_training)
+    return {"seconds": best, "flops": decode_flops(cfg, batch, cached)}
+
+
+def bench_decode(batch: int = 128, cached: int = 64):
+    """One decode step of the tiny preset against its roofline: its FLOPs at the measured fp32 peak."""
+    peak = matmul_peaks((torch.float32,))[torch.float32]
+    r = decode_step(build_model(preset("tiny"), seed=0), batch, cached)
+    roofline = r["flops"] / (peak * 1e9)
+    print(f"decode step (tiny, batch {batch}, {cached} cached tokens): {r['seconds'] * 1e3:.2f} ms for "
+          f"{r['flops'] / 1e6:.0f} MFLOP = {r['flops'] / r['seconds'] / 1e9:.1f} GFLOP/s; roofline at the fp32 "
+          f"peak ({_num(peak)} GFLOP/s) {roofline * 1e3:.2f} ms: {r['seconds'] / roofline:.1f}x the roofline")
+
+
+def bench_grpo(run: str | None = None, steps: int = 3, **overrides):
+    """GRPO steps on the default settings (train_grpo.GRPOConfig), split into sampling (rollout and
+    rewards) and training (grpo_update); median of `steps` after one warm-up step. On `run` (a trained
+    base: completions of realistic lengths) or else a random tiny model (every completion max length).
+    `overrides` change GRPOConfig fields (the tests run a small step)."""
+    from data import default_tokenizer
+    from runs import World, load_run
+    from train_grpo import GRPOConfig, grpo_update, make_optimizer, rollout
+
+    if run is not None:
+        model, tok, _ = load_run(run)
+        name = f"base {run}"
+    else:
+        tok = default_tokenizer()
+        model, name = build_model(preset("tiny", vocab_size=tok.vocab_size), seed=0), "random tiny model"
+    cfg = GRPOConfig(**overrides)
+    opt, cpu = make_optimizer(model, cfg), torch.device("cpu")
+    sampling, training, tokens = [], [], []
+    for step in range(steps + 1):
+        t0 = time.perf_counter()
+        ro, *_ = rollout(model, tok, cfg, step, cpu)
+        t1 = time.perf_counter()
+        grpo_update(model, None, opt, ro, None, cfg, step, cpu, World())
+        t2 = time.perf_counter()
+        if step:  # the first step warms up
+            sampling.append(t1 - t0), training.append(t2 - t1), tokens.append(int(ro.completion_mask.sum()))
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    s, t = med(sampling), med(training)
+    print(f"grpo step ({name}, {cfg.prompts_per_step} prompts x {cfg.num_generations} samples, "
+          f"{med(tokens) / (cfg.prompts_per_step * cfg.num_generations):.0f} tokens a completion): "
+          f"{s + t:.2f} s = sampling {s:.2f} s + training {t:.2f} s")
 
 
 @torch.no_grad()
@@ -219,9 +291,9 @@ def _greedy_no_cache(model, prompts: list[list[int]], new_tokens: int, pad_id: i
 
 def bench_sampler(model, batch_sizes=(1, 16, 64), new_tokens: int = 128, prompt_len: int = 30,
                   no_cache_max_batch: int = 16, seed: int = 0, prompts: list[list[int]] | None = None) -> list[dict]:
-    """Greedy decode tokens/s: with the cache vs re-running the full sequence each step (skipped
-    above `no_cache_max_batch` rows: quadratic and slow), and speculative vs plain (with the
-    MTP acceptance rate). No EOS, so every row makes exactly `new_tokens` tokens. Random prompts
+    """Decode tokens/s: greedy with the cache, sampled (temperature 1) with the cache, greedy re-running the
+    full sequence each step (skipped above `no_cache_max_batch` rows: quadratic and slow), and speculative
+    vs plain greedy (with the MTP acceptance rate). No EOS, so every row makes exactly `new_tokens` tokens. Random prompts
     unless `prompts` (say, real task prompts for a trained model) are given."""
     rng = random.Random(seed)
     was_training = model.training
@@ -236,6 +308,9 @@ def bench_sampler(model, batch_sizes=(1, 16, 64), new_tokens: int = 128, prompt_
         t0 = time.perf_counter()
         plain = generate(model, batch, **kw)
         row["cached_tok_s"] = B * new_tokens / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        generate(model, batch, **dict(kw, temperature=1.0), generator=torch.Generator().manual_seed(seed))
+        row["sampled_tok_s"] = B * new_tokens / (time.perf_counter() - t0)
         if B <= no_cache_max_batch:
             t0 = time.perf_counter()
             _greedy_no_cache(model, batch, new_tokens, pad_id=0)
