@@ -792,9 +792,10 @@ def decode_flops(cfg: ModelConfig, batch: int, cached: int) -> float:
     new token), plus the attention over the latent cache: scores over C + R numbers and values over C,
     per head and column. The decode roofline: this over the measured matmul peak."""
     c = count_params(cfg)
+    norms = cfg.n_layers * (2 * cfg.dim + cfg.kv_lora_rank + cfg.q_lora_rank) + cfg.dim  # RMSNorm weights: no matmul
     S = cached + 1
     attention = cfg.n_layers * cfg.n_heads * S * (2 * cfg.kv_lora_rank + cfg.qk_rope_head_dim)
-    return 2.0 * batch * (c["activated"] - c["embedding"] + attention)
+    return 2.0 * batch * (c["activated"] - c["embedding"] - norms + attention)
 
 
 def activation_numbers(cfg: ModelConfig, moe: bool) -> int:
