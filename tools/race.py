@@ -46,6 +46,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -255,6 +256,23 @@ def trl_reward(cfg):
     return add_reward
 
 
+def trl_args(trl, cfg, out: Path):
+    """TRL's GRPOConfig with our settings: one generation batch of B x G samples per optimizer step,
+    a constant learning rate, our AdamW betas, CPU fp32, no logging, saving or reporting."""
+    with warnings.catch_warnings():  # a transformers 5 deprecation notice about a field we do not set
+        warnings.simplefilter("ignore", FutureWarning)
+        return trl.GRPOConfig(
+            output_dir=str(out), use_cpu=True, bf16=False, fp16=False, report_to="none", disable_tqdm=True,
+            logging_strategy="no", save_strategy="no", log_completions=False, seed=cfg.seed, max_steps=cfg.steps,
+            per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations, gradient_accumulation_steps=1,
+            steps_per_generation=1, num_generations=cfg.num_generations, num_iterations=cfg.num_iterations,
+            max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
+            learning_rate=cfg.learning_rate, lr_scheduler_type="constant", warmup_steps=0, adam_beta1=0.9,
+            adam_beta2=0.99, weight_decay=cfg.weight_decay, max_grad_norm=cfg.grad_clip, beta=cfg.beta,
+            epsilon=cfg.epsilon, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, shuffle_dataset=False,
+            mask_truncated_completions=cfg.mask_truncated_completions, dataloader_num_workers=0)
+
+
 def run_trl(base: Path, cfg, tmp: Path) -> dict:
     """TRL's GRPOTrainer from the exported `base`: {"step_s", "sample_s", "train_s", "pass1"}."""
     import datasets
@@ -265,20 +283,13 @@ def run_trl(base: Path, cfg, tmp: Path) -> dict:
     _, tok, _ = load_run(base)
     hf = load_hf(base, tmp / "hf")
     # stop where ours stops: "</answer>" (kept, scored) or EOS; TRL masks after the first of its eos ids
-    hf.generation_config.eos_token_id = [tok.eos_id, *tok.encode("</answer>")]
+    stop = tok.encode("</answer>")
+    if len(stop) != 1:
+        raise R1Error(f"the run's tokenizer writes </answer> as {len(stop)} tokens: TRL can stop only at one token")
+    hf.generation_config.eos_token_id = [tok.eos_id, *stop]
     problems = [p for step in range(cfg.steps) for p in rollout_problems(cfg, step)]  # ours, in order
     data = datasets.Dataset.from_list([{"prompt": BOS + prompt(p), "answer": p.answer,
                                         "numbers": list(p.numbers or [])} for p in problems])
-    args = trl.GRPOConfig(
-        output_dir=str(tmp / "trl"), use_cpu=True, bf16=False, fp16=False, report_to="none", disable_tqdm=True,
-        logging_strategy="no", save_strategy="no", log_completions=False, seed=cfg.seed, max_steps=cfg.steps,
-        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations, gradient_accumulation_steps=1,
-        steps_per_generation=1, num_generations=cfg.num_generations, num_iterations=cfg.num_iterations,
-        max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-        learning_rate=cfg.learning_rate, lr_scheduler_type="constant", warmup_steps=0, adam_beta1=0.9,
-        adam_beta2=0.99, weight_decay=cfg.weight_decay, max_grad_norm=cfg.grad_clip, beta=cfg.beta,
-        epsilon=cfg.epsilon, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, shuffle_dataset=False,
-        mask_truncated_completions=cfg.mask_truncated_completions, dataloader_num_workers=0)
     hf_tok = transformers.PreTrainedTokenizerFast.from_pretrained(tmp / "hf")
     step_s, sample_s = [], []
     original = hf.generate
@@ -298,9 +309,12 @@ def run_trl(base: Path, cfg, tmp: Path) -> dict:
         def on_step_end(self, *_, **__):
             step_s.append(time.perf_counter() - self.t)
 
-    trainer = trl.GRPOTrainer(model=hf, reward_funcs=trl_reward(cfg), args=args, train_dataset=data,
-                              processing_class=hf_tok, callbacks=[StepTimer()])
-    trainer.train()
+    with warnings.catch_warnings():  # transformers 5 deprecation notices TRL's calls trigger, once a step
+        warnings.simplefilter("ignore", FutureWarning)
+        trainer = trl.GRPOTrainer(model=hf, reward_funcs=trl_reward(cfg), args=trl_args(trl, cfg, tmp / "trl"),
+                                  train_dataset=data, processing_class=hf_tok, callbacks=[StepTimer()])
+        trainer.remove_callback(transformers.PrinterCallback)  # its end-of-training dict of metrics
+        trainer.train()
     if len(step_s) != cfg.steps or len(sample_s) != cfg.steps:
         raise R1Error(f"TRL made {len(step_s)} steps with {len(sample_s)} generate calls, not {cfg.steps} "
                       f"of one each: the race settings no longer mean one generation per step in this TRL")
