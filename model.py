@@ -451,6 +451,8 @@ class MoE(nn.Module):
                                if cfg.n_shared_experts > 0 else None)
         # tokens routed to each expert since the last reset_load(): read by the training loop
         self.register_buffer("load", torch.zeros(cfg.n_routed_experts), persistent=False)
+        # while the sampler decodes: every expert's weights stacked (stack_experts), else None
+        self.stacked: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x, token_mask=None, routes=None):
         """x [B, T, D]; token_mask [B, T] (True = real token) -> (y [B, T, D], balance loss).
@@ -465,12 +467,15 @@ class MoE(nn.Module):
             self.load += torch.bincount(counted.flatten(), minlength=cfg.n_routed_experts).to(self.load)
         # dispatch: sort the M*K (token, expert) pairs by expert, run each expert on its slice only
         order = idx.flatten().argsort(stable=True)  # [M*K]
-        counts = torch.bincount(idx.flatten(), minlength=cfg.n_routed_experts).tolist()
         token = order // cfg.n_activated_experts  # which token each sorted slot belongs to
-        xs = flat.index_select(0, token)  # [M*K, D]
-        # every expert is called, even on an empty slice, so each one is in the autograd graph
-        # (FSDP2 gives silently wrong gradients otherwise; docs/traps.md)
-        ys = torch.cat([e(chunk) for e, chunk in zip(self.experts, xs.split(counts))])  # [M*K, D]
+        if self.stacked is None:
+            counts = torch.bincount(idx.flatten(), minlength=cfg.n_routed_experts).tolist()
+            xs = flat.index_select(0, token)  # [M*K, D]
+            # every expert is called, even on an empty slice, so each one is in the autograd graph
+            # (FSDP2 gives silently wrong gradients otherwise; docs/traps.md)
+            ys = torch.cat([e(chunk) for e, chunk in zip(self.experts, xs.split(counts))])  # [M*K, D]
+        else:
+            ys = self.grouped_experts(flat, idx.flatten()[order], token)
         ys = ys * gates.flatten()[order].unsqueeze(1).to(ys.dtype)
         y = flat.new_zeros(flat.shape, dtype=ys.dtype).index_add_(0, token, ys)  # [M, D]; bf16 under autocast
         if self.shared_experts is not None:
@@ -478,6 +483,32 @@ class MoE(nn.Module):
         bal = self.balance_loss(scores.view(B, T, -1), token_mask) if self.training and cfg.seq_aux_alpha > 0 \
             else flat.new_zeros(())
         return y.view(B, T, D), bal
+
+    @torch.no_grad()
+    def stack_experts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every expert's weights in two tensors: w13 [E, D, 2F] (w1 and w3 side by side) and w2 [E, F, D].
+        A copy, so the sampler makes it once per call (the weights do not change while it decodes) and
+        sets `stacked` to it: decoding then runs the experts as two batched matmuls (grouped_experts)."""
+        w13 = torch.stack([torch.cat([e.w1.weight, e.w3.weight]).t() for e in self.experts])
+        w2 = torch.stack([e.w2.weight.t() for e in self.experts])
+        return w13.contiguous(), w2.contiguous()
+
+    def grouped_experts(self, flat, expert, token):
+        """The routed experts on a few tokens (decoding: one per row), all at once: flat [M, D], and the
+        M*K (token, expert) pairs sorted by expert (expert [M*K], token [M*K]) -> outputs [M*K, D] in that
+        order. Each expert's tokens fill its row of a capacity buffer [E, cap, D] (cap: the busiest expert's
+        count, the other rows zero-padded), then two batched matmuls do every expert's SwiGLU: a few
+        kernel calls instead of three small matmuls per expert, which is what a step of a few tokens
+        per expert costs on a CPU."""
+        E, D = self.cfg.n_routed_experts, flat.shape[1]
+        w13, w2 = self.stacked
+        counts = torch.bincount(expert, minlength=E)  # [E]
+        first = counts.cumsum(0) - counts  # where each expert's pairs start in the sorted order [E]
+        slot = torch.arange(len(expert), device=flat.device) - first[expert]  # rank within its expert [M*K]
+        buf = flat.new_zeros(E, int(counts.max()), D)  # [E, cap, D]
+        buf[expert, slot] = flat[token]
+        a, b = torch.bmm(buf, w13).chunk(2, dim=-1)  # [E, cap, F] each
+        return torch.bmm(F.silu(a) * b, w2)[expert, slot]  # [M*K, D]
 
     def balance_loss(self, scores, token_mask=None):
         """Complementary sequence-wise balance loss (V3 eqs. 17-20), averaged over sequences.

@@ -7,12 +7,17 @@ Rollouts dominate RL time (R1 paper), so this is the one sampler everything uses
      padding), filling a KVCache (V3 §2.1.1: only the normalised latent and the rotary key);
   2. the cache is copied G = num_samples times per prompt with `KVCache.index_select` (one
      prefill per group, exactly a GRPO rollout);
-  3. decode: one forward of [N, 1] per token for all rows, attending over the cache through the
-     absorbed MLA path (V2 §2.1.2, App. C). A row stops at eos_id or when its generated tokens end with a
-     stop sequence (the stop token is kept); finished rows then emit nothing (pad, mask False).
+  3. decode: one forward of [n, 1] per token for the n rows still running, attending over the cache
+     through the absorbed MLA path (V2 §2.1.2, App. C: two batched matmuls per layer over the latent
+     cache) with the routed experts stacked into two batched matmuls (MoE.grouped_experts). A row stops
+     at eos_id or when its generated tokens end with a stop sequence (the stop token is kept); finished
+     rows then emit nothing (pad, mask False), and once they are half of the batch the batch and its
+     cache are compacted to the live rows (COMPACT_AT), so the step costs what the live rows need.
 
 Sampling (R1 §3, Supp. D.1): logits / temperature, then top-k, then nucleus (top-p); temperature 0 is
-argmax. R1 evaluates at temperature 0.6, top-p 0.95 and rolls out at temperature 1.
+argmax. R1 evaluates at temperature 0.6, top-p 0.95 and rolls out at temperature 1. A token is drawn by
+inverse CDF from one uniform number per row and step (_uniforms): a row's sample depends only on its
+generator and the step, never on which other rows share the batch or when the batch was compacted.
 
 Returned log-probs: log_softmax(logits / T) of each sampled token over the FULL vocabulary, before
 top-k / top-p (T = 1 when greedy). That is exactly what the GRPO training forward recomputes as
@@ -224,6 +229,8 @@ def generate(model, prompts: list[list[int]], *, num_samples: int = 1, max_new_t
     moes = [m for m in model.modules() if isinstance(m, MoE)]
     loads = [m.load.clone() for m in moes]
     model.eval()
+    for m in moes:  # the experts as batched matmuls while decoding (MoE.grouped_experts)
+        m.stacked = m.stack_experts()
     out = _Rows(len(rows), L, eos_id, pad_id, stop_sequences, device, on_token)
     args = (model, ids, prompt_mask, rows, out, temperature, top_k, top_p, generator)
     proposed = accepted = 0
@@ -237,6 +244,7 @@ def generate(model, prompts: list[list[int]], *, num_samples: int = 1, max_new_t
         model.train(was_training)
         for m, saved in zip(moes, loads):
             m.load.copy_(saved)
+            m.stacked = None
     return Generation(prompt=ids[rows], prompt_mask=prompt_mask[rows], tokens=out.tokens, mask=out.mask,
                       logprobs=out.logprobs, truncated=~out.finished, proposed=proposed, accepted=accepted,
                       step_rows=step_rows)

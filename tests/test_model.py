@@ -786,6 +786,23 @@ def test_balance_loss_hand_computed():
     assert got.item() == pytest.approx(want_masked, rel=1e-6)
 
 
+@pytest.mark.parametrize("M", [1, 5, 64])
+def test_grouped_experts_equal_the_per_expert_dispatch(M):
+    """Decoding runs the routed experts as two batched matmuls over stacked weights (MoE.stack_experts,
+    grouped_experts); training calls each expert on its slice. Same outputs, same loads (float64)."""
+    cfg = preset("small", vocab_size=40)  # 16 experts, top-2 of 2 groups of 4: some experts get nothing
+    moe = build_model(cfg, seed=0).double().layers[-1].ffn
+    x = torch.randn(M, 1, cfg.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(M))
+    with torch.no_grad():
+        loop, _ = moe(x)
+        load = moe.load.clone()
+        moe.stacked = moe.stack_experts()
+        grouped, _ = moe(x)
+        moe.stacked = None
+    assert torch.allclose(grouped, loop, atol=1e-12)
+    assert torch.equal(moe.load, 2 * load)
+
+
 def test_balance_loss_through_moe_forward():
     """Gate weight = identity and inputs = logit(scores): MoE.forward in training mode returns the
     hand-computed loss (biases do not enter f), and 0 in eval mode."""
