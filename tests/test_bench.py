@@ -173,3 +173,14 @@ def test_decode_step_and_grpo_step_report(capsys):
     line = capsys.readouterr().out.strip()
     assert re.fullmatch(r"grpo step \(random tiny model, 2 prompts x 2 samples, \d+ tokens a completion\): "
                         r"[\d.]+ s = sampling [\d.]+ s \+ training [\d.]+ s", line), line
+
+
+def test_speculative_report_on_a_model():
+    from data import default_tokenizer
+
+    tok = default_tokenizer()
+    model = bench.build_model(bench.preset("tiny", vocab_size=tok.vocab_size), seed=0)
+    prompts = [tok.encode("User: 12+30", bos=True), tok.encode("User: 7+5", bos=True)]
+    r = bench.bench_speculative(model, tok, prompts)
+    assert r["identical"] and 0 <= r["acceptance"] <= 1 and r["tokens"] > 0
+    assert r["verify"] > 0 and r["draft"] > 0 and r["ceiling"] == pytest.approx((1 + r["acceptance"]) / (r["verify"] + r["draft"]))

@@ -187,6 +187,14 @@ def bench_sampling(run: str | None = None):
         print(f"sampler, {name}:")
         for row in bench_sampler(model.eval(), prompts=prompts):
             print("  " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    if run is not None:
+        r = bench_speculative(model, tok, prompts[:32])
+        print(f"speculative, {run}, batch 1, {len(prompts[:32])} held-out prompts answered in full (stop at "
+              f"</answer>, {r['tokens'] / len(prompts[:32]):.0f} tokens each): {r['speedup']:.2f}x plain greedy "
+              f"({r['spec_tok_s']:.0f} vs {r['plain_tok_s']:.0f} tok/s), acceptance {r['acceptance']:.1%}, "
+              f"identical output {r['identical']}")
+        print(f"  a step's parts, in plain steps: verify (2 tokens) {r['verify']:.2f}, MTP draft {r['draft']:.2f}: "
+              f"the speed-up can reach at most (1 + acceptance) / (verify + draft) = {r['ceiling']:.2f}x")
 
 
 def bench_reward_fns():
@@ -329,6 +337,56 @@ def bench_sampler(model, batch_sizes=(1, 16, 64), new_tokens: int = 128, prompt_
         rows.append(row)
     model.train(was_training)
     return rows
+
+
+@torch.no_grad()
+def bench_speculative(model, tok, prompts: list[list[int]]) -> dict:
+    """Self-speculative vs plain greedy decoding at batch 1, each prompt answered in full (EOS or
+    "</answer>" stops it, as in evaluation): tokens/s of both, the MTP draft's acceptance, whether the
+    outputs are identical, and what one speculative step costs in plain steps: the verify forward (2 tokens)
+    and the MTP draft. A step makes 1 + acceptance tokens for verify + draft plain steps' time, which bounds
+    the speed-up at (1 + acceptance) / (verify + draft)."""
+    from sampler import _mtp
+
+    kw = dict(max_new_tokens=96, temperature=0.0, eos_id=tok.eos_id, pad_id=tok.pad_id,
+              stop_sequences=[tok.encode("</answer>")])
+    plain_s = spec_s = 0.0
+    proposed = accepted = tokens = 0
+    identical = True
+    for p in prompts:
+        t0 = time.perf_counter()
+        plain = generate(model, [p], **kw)
+        t1 = time.perf_counter()
+        spec = generate(model, [p], speculative=True, **kw)
+        plain_s, spec_s = plain_s + t1 - t0, spec_s + time.perf_counter() - t1
+        proposed, accepted, tokens = proposed + spec.proposed, accepted + spec.accepted, tokens + int(plain.mask.sum())
+        identical &= torch.equal(plain.tokens, spec.tokens)
+    # the parts of one step at batch 1, 30 tokens in the caches, best of 20
+    ids = torch.tensor([prompts[0][:30]])
+    n = ids.shape[1]
+    cache, mcache = model.new_cache(1, n + 2), model.new_cache(1, n + 2, mtp=True)
+    model.eval()
+    model(ids, cache=cache)
+    _mtp(model, mcache, torch.zeros(1, n - 1, model.cfg.dim), ids[:, 1:], torch.ones(1, n - 1, dtype=torch.bool))
+
+    def best(fn):
+        times = []
+        for _ in range(20):
+            cache.len = mcache.len = n - 1
+            cache.n_real[:] = mcache.n_real[:] = n - 1
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    one = best(lambda: model(ids[:, :1], cache=cache))
+    verify = best(lambda: model(ids[:, :2], cache=cache, return_hidden=True)) / one
+    draft = best(lambda: _mtp(model, mcache, torch.zeros(1, 1, model.cfg.dim), ids[:, :1],
+                              torch.ones(1, 1, dtype=torch.bool))) / one
+    acceptance = accepted / max(proposed, 1)
+    return {"plain_tok_s": tokens / plain_s, "spec_tok_s": tokens / spec_s, "speedup": plain_s / spec_s,
+            "acceptance": acceptance, "identical": identical, "tokens": tokens, "verify": verify, "draft": draft,
+            "ceiling": (1 + acceptance) / (verify + draft)}
 
 
 def bench_rewards(n: int = 1000, seed: int = 0) -> dict:
