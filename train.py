@@ -7,7 +7,7 @@ sequence-wise balance loss. AdamW (beta2 0.95, weight decay 0.1 as in V3), linea
 decay to min_lr_frac * lr, gradient clipping at 1.0, and the aux-loss-free MoE bias update after
 every optimizer step from that step's expert loads.
 
-A step's batch runs as one or two micro-batches of similar lengths (length_groups: less padding),
+In one process, a step's batch runs as one or two micro-batches of similar lengths (length_groups: less padding),
 their losses weighted back to the whole batch's and their gradients summed.
 
 Resume is exact: every batch is a pure function of (seed, step), and a checkpoint holds the model,
@@ -289,7 +289,9 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
         # 1. batch (a pure function of the step, so resume needs no data state); this rank's slice, in
         # one or two micro-batches of similar lengths (less padding, length_groups)
         pairs = world.shard(batches(step))
-        micro = [collate(group, tok, model.cfg.max_seq_len, cfg.completion_only) for group in length_groups(pairs, tok)]
+        # (one process only: under FSDP every rank must run as many forwards, or the collectives hang)
+        groups = length_groups(pairs, tok) if world.world_size == 1 else [pairs]
+        micro = [collate(group, tok, model.cfg.max_seq_len, cfg.completion_only) for group in groups]
         micro = [(tokens.to(device), targets.to(device)) for tokens, targets in micro]
         n_targets = sum((targets != -100).sum() for _, targets in micro)
         n_global = world.all_reduce_sum(n_targets.float())  # the step's targets, over all ranks
