@@ -531,6 +531,36 @@ def test_collate_by_hand(tok):
         assert kept == (sum(len(c) + 1 for c in c_ids) if completion_only else sum(lens))
 
 
+def test_length_groups_give_the_whole_batch_loss_and_gradient(tok):
+    """A pre-training batch in length_groups' micro-batches: padding falls, every example is kept once, and
+    the micro-batches' weighted losses and summed gradients are the whole batch's (to float rounding)."""
+    cfg = TrainConfig(seed=3)
+    pairs = pretrain_batches(cfg)(cfg.steps - 1)  # the final mix: short and long examples
+    groups = train.length_groups(pairs, tok)
+    assert len(groups) == 2 and sorted(groups[0] + groups[1]) == sorted(pairs)
+    whole = collate(pairs, tok, 256, False)
+    micro = [collate(g, tok, 256, False) for g in groups]
+    assert sum(t.numel() for t, _ in micro) < 0.8 * whole[0].numel()
+    model, world = build_model(small_cfg(tok), seed=0), runs.World()
+
+    def losses_and_grads(batches):
+        model.zero_grad()
+        n = sum((y != -100).sum() for _, y in batches).float()
+        parts = 0
+        for x, y in batches:
+            total, p = train.global_token_losses(model(x, y, moe_mask=x != tok.pad_id), y, model.cfg, world, n,
+                                                 len(x) / len(pairs))
+            total.backward()
+            parts = parts + p
+        return parts, [p.grad.clone() for p in model.parameters()]
+
+    parts, grads = losses_and_grads([whole])
+    m_parts, m_grads = losses_and_grads(micro)
+    torch.testing.assert_close(m_parts, parts, rtol=1e-5, atol=1e-7)
+    for g, m in zip(grads, m_grads):
+        torch.testing.assert_close(m, g, rtol=1e-4, atol=1e-6)
+
+
 def test_collate_too_long_raises(tok):
     p, c = "User: 1+2\nAssistant:", "<think></think><answer>3</answer>"
     n = len(tok.encode(p, bos=True) + tok.encode(c, eos=True)) - 1  # model input length
