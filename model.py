@@ -375,7 +375,6 @@ class MLA(nn.Module):
             buf[:, start:start + T, C:] = k_rope
             latent, k_rope = buf[:, :start + T].split([C, R], dim=-1)  # [B, S, C], [B, S, R] (views)
         S = latent.shape[1]
-        is_causal = mask is None and T > 1
 
         if not absorb:
             kv = self.wkv_b(latent).view(B, S, H, N + V)  # per-head keys and values
