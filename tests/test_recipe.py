@@ -59,7 +59,7 @@ def test_cons_at_k_ties_and_missing_answers():
 # ---------------------------------------------------------------- the readable style and its reward
 
 def test_recipe_runs_full_size_unless_asked_for_a_smoke_run():
-    """The smoke switch was once shadowed by a method of the same name, which made every recipe a smoke run."""
+    """The smoke switch was once shadowed by a method of the same name: RecipeConfig() was a smoke config."""
     from recipe import RecipeConfig
 
     assert RecipeConfig().smoke is False and RecipeConfig.for_smoke().smoke is True
