@@ -279,9 +279,12 @@ def cmd_eval(args):
     _check_writable(out, "--json")
     trained = _trained(run)
     tasks = _tasks(args.tasks) if args.tasks else list(trained)
-    problems = _held_out(tasks, args.n, trained)
+    problems = _held_out(tasks, args.n, trained, harder=args.harder)
+    if not problems:
+        raise R1Error(f"no harder level exists for {', '.join(tasks)}: they were trained at their hardest")
     _check_length(model, max(len(tok.encode(prompt(p), bos=True)) for p in problems), args.max_new_tokens)
-    print(f"evaluating {run}: {args.n} held-out problems of {', '.join(tasks)} x {args.k} samples at "
+    level = " one level harder than training" if args.harder else ""
+    print(f"evaluating {run}: {args.n} held-out problems{level} of {', '.join(tasks)} x {args.k} samples at "
           f"T={args.temperature}, top-p {args.top_p}, and greedy")
     res = evaluate(model, tok, problems, k=args.k, temperature=args.temperature, top_p=args.top_p,
                    max_new_tokens=args.max_new_tokens, seed=args.seed, progress=True)
@@ -637,9 +640,11 @@ def _trained(run: Path) -> dict[str, int]:
     return trained
 
 
-def _held_out(tasks: list[str], n: int, trained: dict[str, int]) -> list:
-    """n held-out problems of each task, at the difficulty the run was trained on."""
-    from data import eval_set
+def _held_out(tasks: list[str], n: int, trained: dict[str, int], harder: bool = False) -> list:
+    """n held-out problems of each task, at the difficulty the run was trained on (or one level above it)."""
+    from data import eval_set, harder_problems
+    if harder:
+        return [p for t in tasks for p in _value_error(harder_problems, [t], n, trained.get(t))]
     return [p for t in tasks for p in _value_error(eval_set, t, n, difficulty=trained.get(t))]
 
 
@@ -736,6 +741,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=100, help=f"held-out problems per task (1 to {MAX_N}, default 100; "
                                                       f"n x k at most {MAX_SAMPLES:,})")
     p.add_argument("--tasks", default=None, help=f"{_TASKS_HELP} (default: those the run was trained on)")
+    p.add_argument("--harder", action="store_true", help="held-out problems one difficulty level above the one "
+                                                         "the run was trained at (out of distribution)")
     add_sampling_args(p)
     p.add_argument("--json", default=None, help="where to write the results (default RUN/eval.json); its folder "
                                                 "must exist")

@@ -44,7 +44,8 @@ from pathlib import Path
 import torch
 
 import rewards
-from data import check_task, default_tokenizer, eval_problems, make_problems, prompt
+from data import (check_task, default_tokenizer, eval_problems, harder_level, harder_problems, make_problems,
+                  prompt)
 from data.cold_start import cold_start_set
 from evaluate import evaluate
 from model import ModelConfig, build_model, count_params, preset
@@ -178,10 +179,16 @@ def zero(run, *, seed: int = 0, preset_name: str = "tiny", k: int = 8, n: int = 
     pretrain_stage(base_dir, model_cfg, pre, device, quiet, preset_name)
     model, tok, _ = load_run(base_dir, device)
     problems = eval_problems(rl.tasks, n, rl.difficulty)
+    harder = harder_problems(rl.tasks, n, rl.difficulty)  # one level above training: does a gain transfer?
+
+    def evaluate_both(model):  # -> (the training level's results, the harder level's or None)
+        kw = dict(k=k, max_new_tokens=rl.max_completion_length, seed=seed, progress=not quiet)
+        return evaluate(model, tok, problems, **kw), (evaluate(model, tok, harder, **kw) if harder else None)
 
     # 2. evaluate the base, and check that RL has something to work with
-    print(f"== 2/4 evaluating the base model ({n} held-out problems x {k} samples, T=0.6, top-p 0.95)")
-    base = evaluate(model, tok, problems, k=k, max_new_tokens=rl.max_completion_length, seed=seed, progress=not quiet)
+    print(f"== 2/4 evaluating the base model ({n} held-out problems x {k} samples, T=0.6, top-p 0.95; "
+          f"and as many one level harder than training)")
+    base, base_harder = evaluate_both(model)
     print(format_table(base["tasks"], table_keys(k)))
     problem = base_not_ready(base["overall"])
     if problem and not smoke and not skip_base_check:
@@ -195,13 +202,17 @@ def zero(run, *, seed: int = 0, preset_name: str = "tiny", k: int = 8, n: int = 
 
     # 4. evaluate again, then the table, results.json, report.md and the plots
     print("== 4/4 evaluating after GRPO")
-    after = evaluate(model, tok, problems, k=k, max_new_tokens=rl.max_completion_length, seed=seed, progress=not quiet)
-    table = format_table(rows_by_task({"base": base, "R1-Zero": after}), table_keys(k))
+    after, after_harder = evaluate_both(model)
+    rows = {"base": base, "R1-Zero": after}
+    if harder:
+        rows |= {"base, harder": base_harder, "R1-Zero, harder": after_harder}
+    table = format_table(rows_by_task(rows), table_keys(k))
     print(table)
     plots = plot_run(run, base_eval={t: r["pass@1"] for t, r in base["tasks"].items()})
     wall = time.perf_counter() - t_start
     summary = {"seed": seed, "wall_s": wall, "base": base["tasks"], "r1_zero": after["tasks"],
-               "pretrain": asdict(pre), "grpo": asdict(rl)}
+               "base_harder": base_harder and base_harder["tasks"], "r1_zero_harder": after_harder and after_harder["tasks"],
+               "harder_difficulty": {t: harder_level(t, rl.difficulty) for t in rl.tasks}, "pretrain": asdict(pre), "grpo": asdict(rl)}
     write_json_atomic(run / "results.json", summary)
     report = write_story_report(run, table, after, wall, plots)
     print(f"wrote {report}, {run / 'results.json'} and {', '.join(str(p) for p in plots)} ({wall:.0f} s in all)")
@@ -387,7 +398,7 @@ class RecipeConfig:
     rs_k: int = 4  # samples per prompt
     dev3_steps: int = 200  # SFT of the base on Dev2's samples
     student_preset: str = "student"
-    student_pretrain_steps: int = 1500  # the teacher's pre-training schedule
+    student_pretrain_steps: int = 1500  # the teacher's pre-training schedule (TrainConfig.steps)
     distill_steps: int = 300  # SFT of the student base on R1's samples
     student_rl_steps: int = 40  # GRPO of the student base (R1-Zero rewards), for comparison
     eval_k: int = 8  # R1's protocol: k samples per held-out problem at T=0.6, top-p 0.95

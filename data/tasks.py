@@ -150,6 +150,19 @@ def eval_problems(tasks, n: int, difficulty: int | None = None) -> list:
     return [p for t in tasks for p in eval_set(t, n, difficulty=difficulty)]
 
 
+def harder_level(task: str, difficulty: int | None = None) -> int | None:
+    """The difficulty one level above the one a run trained `task` at (add: 4-6 digit operands after
+    3-5), or None when there is none: out-of-distribution problems, to ask whether a gain transfers."""
+    d = _difficulty(task, difficulty) + 1
+    return d if d in DIFFICULTIES[task] else None
+
+
+def harder_problems(tasks, n: int, difficulty: int | None = None) -> list:
+    """n held-out problems of each task one level above the training difficulty (tasks without a harder
+    level give none)."""
+    return [p for t in tasks if (d := harder_level(t, difficulty)) is not None for p in eval_set(t, n, difficulty=d)]
+
+
 # ----------------------------------------------------------------------------- worked solutions
 
 def solution_steps(problem: Problem) -> list[Step]:

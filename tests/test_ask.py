@@ -292,6 +292,18 @@ def test_eval_bad_options_fail_before_evaluating(runs, monkeypatch, args, needle
     assert tree(runs["base"]) == before
 
 
+def test_eval_harder_takes_problems_one_level_above_training(runs, monkeypatch):
+    """--harder: the story run trained add at difficulty 3 (1-3 digit operands) is asked at 4."""
+    from data import split_of
+
+    seen = []
+    monkeypatch.setattr(evaluate, "evaluate", lambda model, tok, problems, **kw: seen.extend(problems) or
+                        pytest.fail("stop here"))
+    inproc("eval", runs["story"], "--device", "cpu", "--harder", "--n", "5", "--k", "1")
+    assert len(seen) == 5 and all(split_of(p) == "eval" for p in seen)
+    assert all(len(side) == 4 for p in seen for side in re.split(r"[+-]", p.question.lstrip("-"))[:2])
+
+
 def test_eval_more_problems_than_the_held_out_set_has(runs, monkeypatch):
     """Countdown with 2 numbers has a few dozen held-out problems: the default --n 100 fails in seconds."""
     monkeypatch.setattr(evaluate, "evaluate", lambda *a, **kw: pytest.fail("evaluated despite a bad --n"))

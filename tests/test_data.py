@@ -417,3 +417,15 @@ def test_tokenizer_build_save_and_load(tmp_path):
         for text in all_kinds_of_text(5):
             assert loaded.encode(text, bos=True) == default.encode(text, bos=True)
             assert loaded.decode(loaded.encode(text)) == text
+
+
+def test_harder_level_is_one_above_training_and_held_out():
+    from data import harder_level, harder_problems
+
+    assert harder_level("add") == 6 and harder_level("add", 3) == 4
+    assert harder_level("add", DIFFICULTIES["add"].stop - 1) is None  # trained at the hardest: none
+    ps = harder_problems(["add", "countdown"], 20)
+    assert [p.task for p in ps] == ["add"] * 20 + ["countdown"] * 20
+    assert all(split_of(p) == "eval" for p in ps)
+    assert all(len(p.question.split("+")[0].split("-")[0]) == 6 for p in ps if p.task == "add")  # width 6
+    assert all(len(p.numbers) == harder_level("countdown") for p in ps if p.task == "countdown")

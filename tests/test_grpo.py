@@ -2,6 +2,7 @@
 end-to-end run on a trivially learnable reward, exact resume, and the R1-Zero pipeline in smoke mode."""
 
 import copy
+import json
 import math
 from dataclasses import replace
 
@@ -334,6 +335,11 @@ def test_r1_zero_pipeline_smoke(tmp_path):
     for f in ("report.md", "results.json", "plots/accuracy.png", "plots/length.png", "base/tokenizer.json",
               "rl/metrics.jsonl", "rl/samples.txt"):
         assert (run / f).is_file(), f
+    # the harder held-out level (add: 4-6 digit operands after training on 3-5) for the base and after RL
+    res = json.loads((run / "results.json").read_text())
+    assert res["harder_difficulty"] == {"add": 6}
+    assert set(res["base_harder"]) == set(res["r1_zero_harder"]) == {"add"}
+    assert "R1-Zero, harder add" in (run / "report.md").read_text()
     assert r1.main(["plot", str(run)]) == 0
 
 
