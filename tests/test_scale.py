@@ -42,8 +42,10 @@ def pre_cfg():
 def grpo_cfg():
     # seed 3: both steps have groups whose completions differ in length, so the loss is not ~0 (a loss of
     # rounding noise would give Adam noise to amplify, different on two ranks)
+    # microbatch_size 3: the kept rows in several micro-batches, as many on each rank (a rank with fewer rows
+    # than micro-batches runs weight-0 rows), so the test covers gradient accumulation under FSDP
     return GRPOConfig(steps=2, prompts_per_step=4, num_generations=4, max_completion_length=8, learning_rate=1e-2,
-                      eval_every=0, ckpt_every=0, dump_every=0, eval_n=2, eval_k=1, seed=3)
+                      eval_every=0, ckpt_every=0, dump_every=0, eval_n=2, eval_k=1, seed=3, microbatch_size=3)
 
 
 def seven_reward(text, answer, numbers=None, **kw):
