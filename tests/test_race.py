@@ -31,6 +31,27 @@ def test_generate_race_greedy_ids_equal_transformers(tmp_path):
     assert ids.tolist() == [[5, 6, 7], [tok.pad_id, tok.pad_id, 8]] and mask.sum(1).tolist() == [3, 1]
 
 
+def test_generate_race_with_stops_counts_real_tokens_and_matches_transformers(tmp_path):
+    """--stop: rows end at their first stop id on both sides (ours drops them from the batch, transformers
+    pads them): the same greedy tokens up to the same stop, and tok/s counts only those tokens. The stop id
+    is one the random model's greedy rows do write, so rows end at different steps."""
+    import torch
+
+    model, tok, _ = load_run(race.random_run(tmp_path / "run"))
+    hf = race.load_hf(tmp_path / "run", tmp_path / "hf")
+    cfg = race.GenerateRace(batches=(4,), new_tokens=10, repeats=1, prompt_len=12)
+    plain = race.race_generate(model, hf, None, tok.pad_id, cfg)
+    assert plain[0]["identical_rows"] == 4
+    gen = torch.Generator().manual_seed(cfg.seed)  # the prompts race_generate draws first
+    lens = cfg.prompt_len - torch.randint(0, 4, (4,), generator=gen)
+    prompts = [torch.randint(0, model.cfg.vocab_size, (int(n),), generator=gen).tolist() for n in lens]
+    out = race.ours_generate(model, prompts, 10, True, tok.pad_id, cfg.seed)
+    stop = int(out[0, 4])  # row 0 writes it by its fifth token
+    rows = race.race_generate(model, hf, None, tok.pad_id, race.replace(cfg, stop=(stop,)))
+    assert rows[0]["identical_rows"] == 4
+    assert race.generated(torch.tensor([[1, 5, 2], [3, 3, 3]]), (5,)).tolist() == [[True, True, False], [True] * 3]
+
+
 def test_grpo_race_without_trl_is_one_error_line(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "trl", None)  # `import trl` now raises ImportError
     assert race.main(["grpo", "--run", str(tmp_path / "nowhere")]) == 2

@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -118,6 +118,7 @@ class GenerateRace:
     repeats: int = 3  # timed runs per side and setting, best kept (after one warm-up)
     prompt_len: int = 30  # random prompts: 27-30 tokens
     seed: int = 0
+    stop: tuple[int, ...] = ()  # --stop: ids that end a row on both sides (EOS, "</answer>"); () = none
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,22 +129,34 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
-def ours_generate(model, prompts, new_tokens: int, greedy: bool, pad_id: int, seed: int) -> torch.Tensor:
-    """-> [B, new_tokens] ids from sampler.generate, no EOS."""
+def ours_generate(model, prompts, new_tokens: int, greedy: bool, pad_id: int, seed: int,
+                  stop: tuple[int, ...] = ()) -> torch.Tensor:
+    """-> [B, new_tokens] ids from sampler.generate: no EOS, or each row ending at its first `stop` id."""
     gen = torch.Generator().manual_seed(seed)
     return generate(model, prompts, max_new_tokens=new_tokens, temperature=0.0 if greedy else 1.0, top_p=1.0,
-                    top_k=0, eos_id=-1, pad_id=pad_id, generator=gen).tokens
+                    top_k=0, eos_id=stop[0] if stop else -1, stop_sequences=[[s] for s in stop[1:]], pad_id=pad_id,
+                    generator=gen).tokens
 
 
 @torch.no_grad()
-def hf_generate(hf, prompts, new_tokens: int, greedy: bool, pad_id: int, seed: int) -> torch.Tensor:
-    """-> [B, new_tokens] ids from transformers' generate, no EOS, no top-k (its default is 50)."""
+def hf_generate(hf, prompts, new_tokens: int, greedy: bool, pad_id: int, seed: int,
+                stop: tuple[int, ...] = ()) -> torch.Tensor:
+    """-> [B, new_tokens] ids from transformers' generate, no top-k (its default is 50): no EOS, or each
+    row ending at its first `stop` id (transformers pads a finished row until every row has finished)."""
     ids, mask = left_pad(prompts, pad_id)
     torch.manual_seed(seed)
     sampling = {} if greedy else {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
-    out = hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                      do_sample=not greedy, eos_token_id=None, pad_token_id=pad_id, **sampling)
-    return out[:, ids.shape[1]:]  # [B, new_tokens]
+    length = {"eos_token_id": list(stop)} if stop else {"eos_token_id": None, "min_new_tokens": new_tokens}
+    out = hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=not greedy,
+                      pad_token_id=pad_id, **length, **sampling)[:, ids.shape[1]:]
+    return torch.nn.functional.pad(out, (0, new_tokens - out.shape[1]), value=pad_id)  # [B, new_tokens]
+
+
+def generated(tokens: torch.Tensor, stop: tuple[int, ...]) -> torch.Tensor:
+    """[B, L] ids -> [B, L] True on each row's tokens up to and including its first `stop` id (every token
+    when it has none): what a row really generated."""
+    hit = torch.isin(tokens, torch.tensor(stop, dtype=tokens.dtype)).long() if stop else torch.zeros_like(tokens)
+    return (hit.cumsum(1) - hit) == 0  # nothing stopped before this token
 
 
 def race_generate(model, hf, pool: list[list[int]] | None, pad_id: int, cfg: GenerateRace) -> list[dict]:
@@ -152,7 +165,7 @@ def race_generate(model, hf, pool: list[list[int]] | None, pad_id: int, cfg: Gen
     gen = torch.Generator().manual_seed(cfg.seed)
     W = model.cfg.vocab_size
     model.eval()
-    hf.generation_config.eos_token_id = None  # the exported folder names EOS: never stop early
+    hf.generation_config.eos_token_id = list(cfg.stop) or None  # the exported folder names EOS
     rows = []
     for B in cfg.batches:
         if pool is None:
@@ -161,8 +174,8 @@ def race_generate(model, hf, pool: list[list[int]] | None, pad_id: int, cfg: Gen
         else:
             prompts = [pool[i % len(pool)] for i in range(B)]
         for greedy in (True, False):
-            sides = {"ours": lambda: ours_generate(model, prompts, cfg.new_tokens, greedy, pad_id, cfg.seed),
-                     "hf": lambda: hf_generate(hf, prompts, cfg.new_tokens, greedy, pad_id, cfg.seed)}
+            sides = {"ours": lambda: ours_generate(model, prompts, cfg.new_tokens, greedy, pad_id, cfg.seed, cfg.stop),
+                     "hf": lambda: hf_generate(hf, prompts, cfg.new_tokens, greedy, pad_id, cfg.seed, cfg.stop)}
             out = {name: fn() for name, fn in sides.items()}  # warm-up (and the tokens compared)
             best = dict.fromkeys(sides, float("inf"))
             for _ in range(cfg.repeats):  # alternate: both sides see the same load
@@ -171,11 +184,13 @@ def race_generate(model, hf, pool: list[list[int]] | None, pad_id: int, cfg: Gen
                     fn()
                     best[name] = min(best[name], time.perf_counter() - t)
             assert all(o.shape == (B, cfg.new_tokens) for o in out.values())
+            real = {name: generated(o, cfg.stop) for name, o in out.items()}  # each side's real tokens
             row = {"batch": B, "mode": "greedy" if greedy else "sample",
-                   "ours_tok_s": B * cfg.new_tokens / best["ours"], "hf_tok_s": B * cfg.new_tokens / best["hf"]}
+                   "ours_tok_s": int(real["ours"].sum()) / best["ours"], "hf_tok_s": int(real["hf"].sum()) / best["hf"]}
             row["ratio"] = row["ours_tok_s"] / row["hf_tok_s"]
-            if greedy:
-                row["identical_rows"] = int((out["ours"] == out["hf"]).all(1).sum())
+            if greedy:  # the same tokens up to the same stop
+                same = (real["ours"] == real["hf"]) & ((out["ours"] == out["hf"]) | ~real["ours"])
+                row["identical_rows"] = int(same.all(1).sum())
             rows.append(row)
     return rows
 
@@ -185,8 +200,9 @@ def print_generate(rows: list[dict], cfg: GenerateRace) -> None:
     for r in rows:
         same = f"{r['identical_rows']}/{r['batch']} rows identical" if "identical_rows" in r else ""
         print(f"{r['batch']:>5} {r['mode']:<7}{r['ours_tok_s']:>11.0f}{r['hf_tok_s']:>10.0f}{r['ratio']:>8.2f}x  {same}")
-    print(f"({cfg.new_tokens} new tokens a row, no EOS; best of {cfg.repeats} after a warm-up; "
-          f"{torch.get_num_threads()} torch threads)")
+    length = (f"at most {cfg.new_tokens} new tokens a row, each ending at EOS or </answer> on both sides, tok/s "
+              f"counting real tokens" if cfg.stop else f"{cfg.new_tokens} new tokens a row, no EOS")
+    print(f"({length}; best of {cfg.repeats} after a warm-up; {torch.get_num_threads()} torch threads)")
 
 
 def cmd_generate(args) -> None:
@@ -197,6 +213,11 @@ def cmd_generate(args) -> None:
     with tempfile.TemporaryDirectory(prefix="r1-race-") as tmp:
         run = Path(args.run) if args.run else random_run(Path(tmp) / "run")
         model, tok, _ = load_run(run)
+        if args.stop:  # rows end where an answer ends, as in evaluation and rollouts
+            answer_end = tok.encode("</answer>")
+            if len(answer_end) != 1:
+                raise R1Error(f"the run's tokenizer writes </answer> as {len(answer_end)} tokens: --stop needs one")
+            cfg = replace(cfg, stop=(tok.eos_id, *answer_end))
         if model.cfg.max_seq_len < 64 + cfg.new_tokens:
             raise R1Error(f"--new-tokens {cfg.new_tokens} plus a prompt does not fit the model's context "
                           f"of {model.cfg.max_seq_len} tokens")
@@ -369,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batches", type=int, nargs="+", default=list(GenerateRace.batches))
     g.add_argument("--new-tokens", type=int, default=GenerateRace.new_tokens)
     g.add_argument("--repeats", type=int, default=GenerateRace.repeats)
+    g.add_argument("--stop", action="store_true", help="rows end at EOS or </answer> on both sides, as real "
+                                                      "answers do (tok/s counts the tokens before the stop)")
     g.set_defaults(fn=cmd_generate)
     r = sub.add_parser("grpo", help="train_grpo vs TRL's GRPOTrainer (needs requirements-race.txt)")
     r.add_argument("--run", required=True, help="the base run both start from")
