@@ -313,9 +313,9 @@ class RoutingRecorder:
         sampler drops finished rows from its batch, gen.step_rows says which rows each step held; a row
         absent from a step gets expert 0 there: no token of it is read at that step)."""
         N, out = gen.tokens.shape[0], []
-        for steps in self.steps:
+        for pre, steps in zip(self.prefill, self.steps):
             full = [s.new_zeros(N, s.shape[1]).index_copy_(0, rows, s) for s, rows in zip(steps, gen.step_rows)]
-            out.append(torch.stack(full, 1) if full else self.prefill[0].new_zeros(N, 0, 1))  # [N, s, K]
+            out.append(torch.stack(full, 1) if full else pre.new_zeros(N, 0, pre.shape[-1]))  # [N, s, K]
         return out
 
     def per_token(self, gen) -> list[torch.Tensor]:
@@ -332,10 +332,8 @@ class RoutingRecorder:
         u = same.long().argmax(1)  # [N]
         N, L = gen.tokens.shape
         out = []
-        for pre, read in zip(self.prefill, self.per_step(gen)):
-            K = pre.shape[-1]
-            read = read if read.shape[1] else pre.new_zeros(N, 0, K)  # [N, s, K], s < L
-            unread = pre.new_zeros(N, L - read.shape[1], K)  # [N, L-s, K]
+        for pre, read in zip(self.prefill, self.per_step(gen)):  # read [N, s, K], s < L
+            unread = pre.new_zeros(N, L - read.shape[1], pre.shape[-1])  # [N, L-s, K]
             out.append(torch.cat([pre[u], read, unread], 1))  # [N, P+L, K]
         return out
 
@@ -545,8 +543,8 @@ def grpo_update(model: Transformer, ref, opt, ro: Rollout, sampled_routing, cfg:
             denoms = [loss_denominator(loss_mask[rows], cfg.loss_type) * weight for rows, weight in micro]
             total = world.all_reduce_sum(sum(denoms))
             step_loss, sums = 0.0, {"tokens": 0.0, "clip": 0.0, "ratio": 0.0, "kl": 0.0, "ent": 0.0}
-            for (rows, weight), denom in zip(micro, denoms):
-                measure = bool(sampled_routing) and not mismatch and not losses and not sums["tokens"]  # first only
+            for j, ((rows, weight), denom) in enumerate(zip(micro, denoms)):
+                measure = bool(sampled_routing) and not losses and j == 0  # the first micro-batch only
                 recorder = RoutingRecorder(model, decode=False) if measure else contextlib.nullcontext()
                 with recorder as routed, autocast(device):
                     logp, ent = completion_logprobs(model, ro, rows, cfg.temperature, routes)
