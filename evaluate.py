@@ -4,7 +4,9 @@ majority-vote answer, pass@k with the unbiased estimator, and greedy accuracy, p
 
 Also what the R1-Zero story needs: the format rate and the thinking length in tokens (the text
 between <think> and </think>, counted apart from the whole completion, so a model cannot look
-like it "thinks longer" by padding after its answer); and what R1 adds: the readability of the
+like it "thinks longer" by padding after its answer); reflection, R1's "aha moment" (§2.2.4): how
+often the thinking holds a reflective word, how often a reflection turns a wrong guess into a right
+answer, and the accuracy of reflective and other completions; and what R1 adds: the readability of the
 thinking (rewards.consistency_reward, the toy language-consistency metric).
 
     python r1.py eval runs/NAME --k 8 --n 100 --tasks add,mul
@@ -13,6 +15,7 @@ thinking (rewards.consistency_reward, the toy language-consistency metric).
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 
 import torch
@@ -62,12 +65,42 @@ def score(problem: Problem, completion: str) -> float:
     return rewards.accuracy_reward(completion, problem.answer, problem.numbers or None)
 
 
+# Reflective words, counted in the thinking only (R1 §2.2.4 and its Nature version count words like these
+# over training). The toy corpus writes only " wait" (data/corpus.py, REFLECT); the rest would show a
+# model inventing another.
+REFLECTION = re.compile(r"\b(wait|check|verify|mistake|wrong|retry|error|however|but|evaluate)\b", re.IGNORECASE)
+_GUESS_THEN_WAIT = re.compile(r"([^\s>]+)\? wait\b")  # "6805? wait": the guess a reflection checks
+
+
+def reflection_count(text: str) -> int:
+    """Reflective words in the thinking of a completion (the text before </think>)."""
+    return len(REFLECTION.findall(text.split("</think>")[0]))
+
+
+def guesses(text: str) -> bool:
+    """True when the thinking writes a guess ("6905?"): where a GRADED thinking stops and commits, and
+    where a reflection starts. How often a guess is followed by " wait" is the choice RL gets to make."""
+    return "?" in text.split("</think>")[0]
+
+
+def reflection_fixes(problem: Problem, text: str) -> bool:
+    """True when the completion reflects on a guess that is wrong ("6805? wait") and its answer is right:
+    the reflection turned a wrong intermediate result into a right one."""
+    guess = _GUESS_THEN_WAIT.search(text.split("</think>")[0])
+    if guess is None or not score(problem, text):
+        return False
+    return not score(problem, f"<think></think><answer>{guess.group(1)}</answer>")
+
+
 @torch.no_grad()
 def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: float = 0.6, top_p: float = 0.95,
              greedy: bool = True, max_new_tokens: int = 96, seed: int = 0, batch_rows: int = 256,
              progress: bool = False) -> dict:
     """Per task and overall: pass@1, cons@k, pass@k (k samples), greedy accuracy, format rate,
-    mean thinking and completion length. Returns {"tasks": {task: {...}}, "overall": {...},
+    mean thinking and completion length, the reflection rate (share of samples whose thinking holds a
+    reflective word), the accuracy of reflective and other samples, the share of reflections that
+    fix a wrong guess (reflect_fixes), and of the samples that guess, the share that then reflect
+    (wait_after_guess). Returns {"tasks": {task: {...}}, "overall": {...},
     "examples": [(prompt, completion, correct), ...] (a few, for text dumps)}.
     progress=True prints a line after each batch of problems (samples done, time, ETA): the default
     protocol takes over a minute on a CPU, silence that long looks like a hang."""
@@ -98,6 +131,13 @@ def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: fl
                 correct.append(score(p, text))
                 answers.append(rewards.extract_answer(text))
                 m["format"].append(rewards.format_reward(text))
+                reflects = reflection_count(text) > 0
+                m["reflect"].append(float(reflects))
+                (m["acc_reflect"] if reflects else m["acc_no_reflect"]).append(correct[-1])
+                if guesses(text):
+                    m["wait_after_guess"].append(float(reflects))
+                if reflects:
+                    m["reflect_fixes"].append(float(reflection_fixes(p, text)))
                 m["consistency"].append(rewards.consistency_reward(text))
                 m["think_len"].append(thinking_tokens(gen_ids, think_id, end_think_id))
                 full = m["think_len"][-1] >= gold_think

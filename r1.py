@@ -74,9 +74,12 @@ CONFIG_HELP = {
     "TrainConfig": {
         "steps": "optimizer steps (>= 1)",
         "batch_size": "examples per step (>= 1)",
-        "lr": "peak AdamW learning rate, reached after the warm-up, then cosine decay (> 0)",
+        "lr": "peak AdamW learning rate, reached after the warm-up and held, then the decay (> 0)",
         "min_lr_frac": "the cosine decays to lr x this (0 to 1)",
         "warmup": "steps of linear learning-rate warm-up (>= 0)",
+        "decay_steps": "the lr is constant after the warm-up, then a cosine decay over the last N steps (>= 1)",
+        "decay_at_greedy": "hold the lr until held-out greedy accuracy reaches this, then decay and end "
+                           "(0 to 1; 0 = train for --steps; --steps is then a cap)",
         "weight_decay": "AdamW weight decay of the matrices (>= 0; V3: 0.1)",
         "beta1": "AdamW beta1 (0 <= beta1 < 1)",
         "beta2": "AdamW beta2 (0 <= beta2 < 1; V3: 0.95)",
@@ -89,7 +92,7 @@ CONFIG_HELP = {
         "final_mix_steps": "the last N steps use the final mix below (>= 0; 0 = never)",
         "final_long_frac": "share of LONG examples in the last final-mix-steps steps (0 to 1)",
         "final_short_frac": "share of SHORT examples in the last final-mix-steps steps (0 to 1)",
-        "mistake_rate": "share of examples with one step written off by one, then corrected after ' wait' (0 to 1)",
+        "reflect_rate": "share of early stops that guess wrong, say ' wait' and work out the rest (0 to 1)",
         "difficulty": _DIFFICULTY_HELP,
         "eval_every": "held-out loss and greedy accuracy every N steps (>= 0; 0 = only at the end)",
         "eval_n": "held-out problems per task in those evaluations (>= 1)",
@@ -245,7 +248,7 @@ def cmd_sft(args, world=None):
     from train import TrainConfig, check_sft_pairs, read_jsonl, sft_batches, train_lm
 
     world = world or World()
-    cfg = config_from_args(TrainConfig, args, completion_only=True)
+    cfg = config_from_args(TrainConfig, args, completion_only=True, decay_at_greedy=0.0)
     pairs = read_jsonl(args.data)
     device = world.pick_device(args.device)
     args.run = default_run(args.init, "sft", args.run)
@@ -511,7 +514,8 @@ def cmd_plot(args):
     base = None
     if results.is_file():
         try:
-            base = {t: r["pass@1"] for t, r in read_json(results)["base"].items()}
+            base = read_json(results)["base"]
+            base = {t: {"pass@1": r["pass@1"], "reflect": r.get("reflect")} for t, r in base.items()}
         except (KeyError, TypeError, AttributeError):
             raise R1Error(f"{results} is not a story's results.json (no base pass@1 per task)") from None
     for p in plot_run(run, base):
@@ -700,7 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="JSONL file, one {\"prompt\": ..., \"completion\": ...} a line")
     p.add_argument("--init", required=True, help="run directory to start from")
     add_config_args(p, TrainConfig, skip=("completion_only", "tasks", "long_frac", "short_frac", "final_mix_steps",
-                                          "final_long_frac", "final_short_frac", "mistake_rate", "difficulty"))
+                                          "final_long_frac", "final_short_frac", "reflect_rate", "difficulty",
+                                          "decay_at_greedy"))
     p.set_defaults(fn=cmd_sft)
 
     p = sub.add_parser("zero", help="(the default) the whole R1-Zero story on the tiny config")

@@ -49,12 +49,12 @@ from data import (check_task, default_tokenizer, eval_problems, harder_level, ha
 from data.cold_start import cold_start_set
 from evaluate import evaluate
 from model import ModelConfig, build_model, count_params, preset
-from report import format_table, plot_run, rows_by_task, table_keys, write_recipe_report, write_story_report
+from report import format_reflection, format_table, plot_run, rows_by_task, table_keys, write_recipe_report, write_story_report
 from runs import (MAX_EVAL_K, MAX_EVAL_N, MAX_EXAMPLES, R1Error, autocast, check_memory, check_numbers,
                   check_output_file, check_resume_config, checkpoint_step, load_checkpoint, load_run, mark_run_dir,
                   open_run, prepare_run_dir, run_config_and_tokenizer, write_json_atomic, write_text_atomic)
 from sampler import complete
-from train import TrainConfig, check_sft_pairs, pretrain_batches, sft_batches, train_lm
+from train import TrainConfig, check_sft_pairs, end_after_skill, pretrain_batches, sft_batches, train_lm
 from train_grpo import GRPOConfig, train_grpo
 
 
@@ -67,8 +67,13 @@ def _begun(run: Path) -> bool:
     return run.is_dir() and any(run.iterdir())
 
 
-def _finished(run: Path, steps: int) -> bool:
-    return checkpoint_step(run) >= steps
+def _finished(run: Path, steps: int, pretrain: TrainConfig | None = None) -> bool:
+    """True when the run's newest checkpoint is its last: at `steps`, or for pre-training at the end the
+    skill set (TrainConfig.decay_at_greedy; the checkpoint keeps the step it appeared at)."""
+    step = checkpoint_step(run)
+    if step >= steps or step == 0 or pretrain is None:
+        return step >= steps
+    return step >= end_after_skill(load_checkpoint(run).get("skill_at"), pretrain)
 
 
 def sft_stage(init: Path, run: Path, pairs: list[tuple[str, str]], cfg: TrainConfig, device, quiet: bool,
@@ -98,7 +103,7 @@ def grpo_stage(init: Path, run: Path, cfg: GRPOConfig, device, quiet: bool) -> P
 
 def pretrain_stage(run: Path, model_cfg: ModelConfig, cfg: TrainConfig, device, quiet: bool, preset_name: str) -> Path:
     """Pre-training from scratch (a base: the story's, the student's) on the task corpus; skipped when finished."""
-    if _finished(run, cfg.steps):
+    if _finished(run, cfg.steps, pretrain=cfg):
         return run
     tok = default_tokenizer()
     run, model, tok, state = open_run(run, "pretrain", model_cfg, cfg, device,
@@ -175,7 +180,9 @@ def zero(run, *, seed: int = 0, preset_name: str = "tiny", k: int = 8, n: int = 
                 check_resume_config(stage_dir, model_cfg, asdict(cfg), stage)
 
     # 1. the base model (pre-training on the task corpus; resumed, or skipped when finished)
-    print(f"== 1/4 pre-training the base model ({pre.steps} steps) -> {base_dir}")
+    length = (f"until greedy accuracy reaches {pre.decay_at_greedy:g}, then {max(pre.decay_steps, pre.final_mix_steps)} "
+              f"steps of decay; at most {pre.steps}" if pre.decay_at_greedy and pre.eval_every else f"{pre.steps} steps")
+    print(f"== 1/4 pre-training the base model ({length}) -> {base_dir}")
     pretrain_stage(base_dir, model_cfg, pre, device, quiet, preset_name)
     model, tok, _ = load_run(base_dir, device)
     problems = eval_problems(rl.tasks, n, rl.difficulty)
@@ -206,9 +213,9 @@ def zero(run, *, seed: int = 0, preset_name: str = "tiny", k: int = 8, n: int = 
     rows = {"base": base, "R1-Zero": after}
     if harder:
         rows |= {"base, harder": base_harder, "R1-Zero, harder": after_harder}
-    table = format_table(rows_by_task(rows), table_keys(k))
+    table = format_table(rows_by_task(rows), table_keys(k)) + "\n\n" + format_reflection(rows_by_task(rows))
     print(table)
-    plots = plot_run(run, base_eval={t: r["pass@1"] for t, r in base["tasks"].items()})
+    plots = plot_run(run, base_eval=base["tasks"])
     wall = time.perf_counter() - t_start
     summary = {"seed": seed, "wall_s": wall, "base": base["tasks"], "r1_zero": after["tasks"],
                "base_harder": base_harder and base_harder["tasks"], "r1_zero_harder": after_harder and after_harder["tasks"],
@@ -426,7 +433,7 @@ class RecipeConfig:
 
     def sft(self, steps: int) -> TrainConfig:
         return TrainConfig(steps=steps, batch_size=self.sft_batch_size, lr=self.sft_lr, warmup=min(10, steps),
-                           seed=self.seed, tasks=self.tasks, eval_every=0, eval_n=min(20, self.eval_n),
+                           decay_steps=steps, decay_at_greedy=0.0, seed=self.seed, tasks=self.tasks, eval_every=0, eval_n=min(20, self.eval_n),
                            ckpt_every=0, completion_only=True)
 
     def rl(self, steps: int, consistency_weight: float) -> GRPOConfig:

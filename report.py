@@ -1,6 +1,7 @@
 """Everything shown to a person: the tables of evaluations (one list of columns for every table),
 the plots of an R1-Zero run like the paper's Figures 2 and 3 (R1 §2.2.4: held-out accuracy and training
-reward vs step, completion / thinking length vs step), and the story's report.md.
+reward vs step, completion / thinking length vs step) and its reflective-word figure (how often the
+thinking says " wait", vs step), and the story's report.md.
 
     python r1.py plot runs/zero      redraws runs/zero/plots/*.png from its metrics.jsonl files
 """
@@ -27,8 +28,8 @@ def grpo_metrics(run: Path) -> tuple[list[dict], list[dict]]:
 
 
 def plot_run(run: str | Path, base_eval: dict | None = None) -> list[Path]:
-    """Write plots/accuracy.png and plots/length.png; base_eval (pass@1 per task at step 0) is
-    taken from the run's report data when not given."""
+    """Write plots/accuracy.png, plots/length.png and plots/reflection.png; base_eval (per task at step 0,
+    evaluate()'s metrics) adds the base model's point to the held-out curves."""
     run = Path(run)
     steps, evals = grpo_metrics(run)
     out = run / "plots"
@@ -40,7 +41,7 @@ def plot_run(run: str | Path, base_eval: dict | None = None) -> list[Path]:
     tasks = sorted({t for r in evals for t in r["eval"]})
     for t in tasks:
         ex = ([0] if base_eval and t in base_eval else []) + [r["step"] for r in evals]
-        ey = ([base_eval[t]] if base_eval and t in base_eval else []) + [r["eval"][t]["pass@1"] for r in evals]
+        ey = ([base_eval[t]["pass@1"]] if base_eval and t in base_eval else []) + [r["eval"][t]["pass@1"] for r in evals]
         ax.plot(ex, ey, marker="o", lw=2, label=f"held-out pass@1, {t} (T=0.6)")
     ax.set_ylim(0, 1.02)
     _save(fig, ax, out / "accuracy.png", "accuracy", "R1-Zero on a tiny model: accuracy during RL")
@@ -50,7 +51,22 @@ def plot_run(run: str | Path, base_eval: dict | None = None) -> list[Path]:
     ax.plot(x, [r["think_len"] for r in steps], lw=2, label="thinking length (inside <think>)")
     _save(fig, ax, out / "length.png", "tokens per completion (training rollouts)",
           "Thinking gets longer without being asked to")
-    return [out / "accuracy.png", out / "length.png"]
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    ax.plot(x, [r["reflection"] for r in steps], color="0.7", lw=1, label="reflective words per rollout (T=1.0)")
+    after_guess = [(r["step"], r["wait_after_guess"]) for r in steps if r.get("wait_after_guess") is not None]
+    if after_guess:
+        ax.plot(*zip(*after_guess), color="tab:orange", lw=1, label='rollouts that guess, then say " wait" (T=1.0)')
+    for t in tasks:
+        at0 = base_eval and t in base_eval and base_eval[t].get("reflect") is not None
+        ex = ([0] if at0 else []) + [r["step"] for r in evals if r["eval"][t].get("reflect") is not None]
+        ey = ([base_eval[t]["reflect"]] if at0 else []) + [r["eval"][t]["reflect"] for r in evals
+                                                          if r["eval"][t].get("reflect") is not None]
+        ax.plot(ex, ey, marker="o", lw=2, label=f"held-out samples that reflect, {t} (T=0.6)")
+    ax.set_ylim(0, 1.02 if after_guess else None)
+    _save(fig, ax, out / "reflection.png", "share of completions / words per completion",
+          'How often the thinking says " wait" (nothing rewards it)')
+    return [out / "accuracy.png", out / "length.png", out / "reflection.png"]
 
 
 def _save(fig, ax, path: Path, ylabel: str, title: str):
@@ -72,9 +88,9 @@ def _save(fig, ax, path: Path, ylabel: str, title: str):
 def table_keys(k: int, protocol: bool = False) -> list[str]:
     """The columns of every table r1 prints: R1's protocol (pass@1, cons@k over k samples at T=0.6; with
     `protocol`, `eval`'s full table, also the unbiased pass@k and greedy accuracy), the format and
-    readability rates, and how long and how fully the model thinks."""
+    readability rates, how long and how fully the model thinks, and how often it reflects."""
     return ["pass@1", f"cons@{k}", *([f"pass@{k}", "greedy"] if protocol else []), "format", "consistency",
-            "think_len", "full_think"]
+            "think_len", "full_think", "reflect"]
 
 
 def rows_by_task(results: dict[str, dict]) -> dict[str, dict]:
@@ -93,6 +109,24 @@ def format_table(rows: dict[str, dict], keys: list[str]) -> str:
     lines = [" " * name_w + "".join(f"{k:>{width[k]}}" for k in keys)]
     for name, r in rows.items():
         lines.append(f"{name:<{name_w}}" + "".join(f"{_cell(k, r.get(k)):>{width[k]}}" for k in keys))
+    return "\n".join(lines)
+
+
+def format_reflection(rows: dict[str, dict]) -> str:
+    """One line per row on reflection (R1's "aha", §2.2.4): how often the thinking reflects, the accuracy
+    of reflective and other samples, and the share of reflections that turn a wrong guess into a right
+    answer (evaluate.reflection_fixes)."""
+    lines = ['reflection (the thinking says " wait"):']
+    for name, r in rows.items():
+        if r.get("reflect") is None:
+            continue
+        line = f"  {name}: {_cell('reflect', r['reflect'])} of samples"
+        if r.get("acc_reflect") is not None:
+            line += (f", right {_cell('acc', r['acc_reflect'])} of them (others {_cell('acc', r.get('acc_no_reflect'))}),"
+                     f" {_cell('fix', r.get('reflect_fixes'))} turn a wrong guess into a right answer")
+        if r.get("wait_after_guess") is not None:
+            line += f"; after a guess, {_cell('wait', r['wait_after_guess'])} say wait"
+        lines.append(line)
     return "\n".join(lines)
 
 

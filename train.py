@@ -43,11 +43,12 @@ from runs import (MAX_EVAL_N, Metrics, Progress, R1Error, World, autocast, check
 
 @dataclass
 class TrainConfig:
-    steps: int = 1500
+    steps: int = 2400  # optimizer steps; with decay_at_greedy, the most the run may take
     batch_size: int = 64
     lr: float = 3e-3
     min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
     warmup: int = 50
+    decay_steps: int = 400  # V3 §4.2's shape: constant lr after the warm-up, then a cosine over the last decay_steps
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -59,12 +60,15 @@ class TrainConfig:
     # the base ends up undecided about how long to think (the choice RL gets to make)
     long_frac: float = 0.6
     short_frac: float = 0.2
-    final_mix_steps: int = 300
-    final_long_frac: float = 0.2
-    final_short_frac: float = 0.5
-    mistake_rate: float = 0.0
+    final_mix_steps: int = 400
+    final_long_frac: float = 0.1
+    final_short_frac: float = 0.6
+    reflect_rate: float = 0.2  # share of early stops written REFLECT: guess, " wait", the rest (data/corpus.py)
     difficulty: int | None = None  # None = each task's default
-    eval_every: int = 300  # held-out loss and greedy accuracy every N steps (0 = only at the end)
+    # > 0: hold the lr until the held-out greedy accuracy (checked every eval_every steps; never when that is 0)
+    # reaches this, then end the run with the decay and the final mix; `steps` is then a cap (0 = always `steps`)
+    decay_at_greedy: float = 0.5
+    eval_every: int = 100  # held-out loss and greedy accuracy every N steps (0 = only at the end)
     eval_n: int = 50  # held-out problems per task for those evaluations
     ckpt_every: int = 300
     completion_only: bool = False  # SFT: loss on completion tokens only
@@ -85,24 +89,39 @@ class TrainConfig:
             raise R1Error("--warmup, --eval-every, --ckpt-every must be >= 0 and --eval-n > 0")
         if not 0 <= self.min_lr_frac <= 1:
             raise R1Error(f"--min-lr-frac must be in [0, 1], got {self.min_lr_frac}")
+        if self.decay_steps < 1:
+            raise R1Error(f"--decay-steps must be >= 1, got {self.decay_steps}")
+        if not 0 <= self.decay_at_greedy <= 1:
+            raise R1Error(f"--decay-at-greedy must be in [0, 1], got {self.decay_at_greedy}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1) or self.weight_decay < 0 or self.grad_clip <= 0:
             raise R1Error("--beta1/--beta2 must be in [0, 1), --weight-decay >= 0 and --grad-clip > 0")
         self.tasks = tuple(self.tasks)
         try:  # one dry example checks tasks, difficulty and the corpus mix before anything is written
             for lf, sf in ((self.long_frac, self.short_frac), (self.final_long_frac, self.final_short_frac)):
                 build_corpus(1, tasks=self.tasks, seed=0, long_frac=lf, short_frac=sf,
-                             mistake_rate=self.mistake_rate, difficulty=self.difficulty)
+                             reflect_rate=self.reflect_rate, difficulty=self.difficulty)
             eval_problems(self.tasks, self.eval_n, self.difficulty)
         except ValueError as e:
             raise R1Error(str(e)) from None
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up over `warmup` steps, then cosine from lr to lr * min_lr_frac."""
+def lr_at(step: int, cfg: TrainConfig, end: int | None = None) -> float:
+    """Linear warm-up over `warmup` steps, then a constant lr, then a cosine from lr to lr * min_lr_frac over
+    the last `decay_steps` steps before `end` (V3 §4.2: constant, then cosine decay). `end` is cfg.steps,
+    or earlier when the skill appeared (TrainConfig.decay_at_greedy): a constant lr can stop anywhere, so the
+    run needs to know its length only when it starts to decay."""
+    end = cfg.steps if end is None else end
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    start = max(cfg.warmup, end - cfg.decay_steps)
+    progress = max(0, step - start) / max(1, end - start)
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def end_after_skill(step: int | None, cfg: TrainConfig) -> int:
+    """The step a run ends at when the skill appeared after `step` steps (None: not yet, cfg.steps): the
+    decay and the final mix still to go."""
+    return cfg.steps if step is None else min(cfg.steps, step + max(cfg.decay_steps, cfg.final_mix_steps))
 
 
 def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -166,14 +185,15 @@ def length_groups(pairs: list[tuple[str, str]], tok: Tokenizer) -> list[list[tup
     return [[pairs[i] for i in order[cut:]], [pairs[i] for i in order[:cut]]]  # longest group first
 
 
-def pretrain_batches(cfg: TrainConfig) -> Callable[[int], list[tuple[str, str]]]:
-    """Step -> that step's batch of (prompt, completion) pairs, a pure function of (seed, step)."""
-    def batch(step: int):
-        final = step >= cfg.steps - cfg.final_mix_steps
+def pretrain_batches(cfg: TrainConfig) -> Callable[..., list[tuple[str, str]]]:
+    """(step, end) -> that step's batch of (prompt, completion) pairs, a pure function of (seed, step, end):
+    the last final_mix_steps steps before the run's end use the final mix."""
+    def batch(step: int, end: int | None = None):
+        final = step >= (cfg.steps if end is None else end) - cfg.final_mix_steps
         return build_corpus(cfg.batch_size, tasks=cfg.tasks, seed=cfg.seed * 1_000_003 + step,
                             long_frac=cfg.final_long_frac if final else cfg.long_frac,
                             short_frac=cfg.final_short_frac if final else cfg.short_frac,
-                            mistake_rate=cfg.mistake_rate, difficulty=cfg.difficulty)
+                            reflect_rate=cfg.reflect_rate, difficulty=cfg.difficulty)
     return batch
 
 
@@ -185,7 +205,7 @@ def sft_batches(pairs: list[tuple[str, str]], cfg: TrainConfig) -> Callable[[int
     def permutation(epoch: int) -> list[int]:
         return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch)).tolist()
 
-    def batch(step: int):
+    def batch(step: int, end: int | None = None):  # (`end` is the pre-training mix's; an SFT set has one mix)
         return [pairs[permutation(i // n)[i % n]] for i in range(step * cfg.batch_size, (step + 1) * cfg.batch_size)]
     return batch
 
@@ -273,22 +293,25 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
     world = world or World()
     metrics = Metrics(run / "metrics.jsonl")
     opt = make_optimizer(model, cfg)
-    start = 0
+    start, skill_at = 0, None  # skill_at: the step the skill appeared at (decay_at_greedy), which sets the end
     if state is not None and state.get("stage") == stage and "optimizer" in state:
         world.load_optimizer(model, opt, state)
         set_rng_state(state["rng"])
-        start = state["step"]
+        start, skill_at = state["step"], state.get("skill_at")
     else:
         seed_everything(cfg.seed)
+    end = end_after_skill(skill_at, cfg)
     if world.is_main:
         metrics.cut_after(start)  # rows a killed run logged after its last checkpoint are logged again
     model.train()
-    progress = Progress(cfg.steps, stage, start_step=start, quiet=quiet or not world.is_main)
+    progress = Progress(end, stage, start_step=start, quiet=quiet or not world.is_main)
     t0, tokens_seen, last = time.perf_counter(), 0, {}
     for step in range(start, cfg.steps):
-        # 1. batch (a pure function of the step, so resume needs no data state); this rank's slice, in
-        # one or two micro-batches of similar lengths (less padding, length_groups)
-        pairs = world.shard(batches(step))
+        if step >= end:
+            break
+        # 1. batch (a pure function of the step and the end, so resume needs no data state); this rank's
+        # slice, in one or two micro-batches of similar lengths (less padding, length_groups)
+        pairs = world.shard(batches(step, end))
         # (one process only: under FSDP every rank must run as many forwards, or the collectives hang)
         groups = length_groups(pairs, tok) if world.world_size == 1 else [pairs]
         micro = [collate(group, tok, model.cfg.max_seq_len, cfg.completion_only) for group in groups]
@@ -297,7 +320,7 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
         n_global = world.all_reduce_sum(n_targets.float())  # the step's targets, over all ranks
         # 2. forward and backward (gradients add up over the micro-batches)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr_at(step, cfg, end)
         model.reset_expert_load()
         parts = 0
         for tokens, targets in micro:
@@ -318,15 +341,16 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
         parts = world.all_reduce_mean(parts.float()).tolist()
         tokens_seen += int(n_global)
         tps = tokens_seen / (time.perf_counter() - t0)
-        last = {"step": step + 1, "loss": parts[0], "mtp": parts[1:-1], "balance": parts[-1], "lr": lr_at(step, cfg),
+        last = {"step": step + 1, "loss": parts[0], "mtp": parts[1:-1], "balance": parts[-1], "lr": lr_at(step, cfg, end),
                 "grad_norm": float(getattr(gnorm, "full_tensor", lambda: gnorm)()),  # FSDP: a DTensor
                 "load_max_over_mean": model.load_imbalance(load), "tokens_per_s": tps}
         if world.is_main:
             metrics.log(stage=stage, **last)
         progress.update(step + 1, loss=last["loss"], tok_s=int(tps))
-        # 5. eval (rank 0, on the whole model) and checkpoint
-        done = step + 1 == cfg.steps
+        # 5. eval (rank 0, on the whole model), the skill gate, and checkpoint
+        done = step + 1 == end
         if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or done:
+            greedy = torch.zeros(())
             with world.full_model(model) as full:
                 if world.is_main:
                     problems = eval_problems(cfg.tasks, cfg.eval_n, cfg.difficulty)
@@ -336,7 +360,21 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
                     metrics.log(stage=stage, step=step + 1, eval=ev)
                     progress.message(f"  eval @ {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
                     last |= ev
+                    greedy = torch.tensor(res["overall"]["pass@1"])
+            # the skill gate: once greedy accuracy reaches decay_at_greedy, the lr decays and the final
+            # mix runs for the steps that remain (every rank learns rank 0's greedy accuracy)
+            if cfg.decay_at_greedy and skill_at is None and not done:
+                if float(world.all_reduce_sum(greedy)) >= cfg.decay_at_greedy:
+                    skill_at = step + 1
+                    end = end_after_skill(skill_at, cfg)
+                    progress.total = end
+                    if world.is_main:
+                        metrics.log(stage=stage, step=step + 1, skill_at=step + 1, end=end)
+                    progress.message(f"  greedy accuracy reached {cfg.decay_at_greedy:g} at step {step + 1}: "
+                                     f"the lr decays and the final mix runs until step {end}")
+                    done = step + 1 == end
         if (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0) or done:
             world.save_checkpoint(run, step + 1, model, opt, {"rng": rng_state(), "step": step + 1, "stage": stage,
-                                                             "config": model.cfg.to_dict(), "train": asdict(cfg)})
+                                                             "skill_at": skill_at, "config": model.cfg.to_dict(),
+                                                             "train": asdict(cfg)})
     return last

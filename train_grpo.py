@@ -56,7 +56,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import random
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,13 +65,11 @@ import torch.nn.functional as F
 
 import rewards
 from data import eval_problems, prompt, sample_problem
-from evaluate import evaluate, thinking_tokens
+from evaluate import evaluate, guesses, reflection_count, thinking_tokens
 from model import MoE, Transformer
 from runs import (MAX_EVAL_K, MAX_EVAL_N, Metrics, Progress, R1Error, World, autocast, check_numbers, cut_samples_after, rng_state, seed_everything,
                   set_rng_state)
 from sampler import complete
-
-REFLECTION = re.compile(r"\b(wait|check|verify|mistake|wrong|retry|error|however|but|evaluate)\b", re.IGNORECASE)
 
 
 @dataclass
@@ -253,11 +250,6 @@ def completion_logprobs(model: Transformer, ro: Rollout, rows, temperature: floa
     entropy = -(logp_all.exp() * logp_all).sum(-1)  # [n, L']
     pad = (0, L - logp.shape[1])  # back to the rollout's L columns
     return F.pad(logp, pad), F.pad(entropy, pad)
-
-
-def reflection_count(text: str) -> int:
-    think = text.split("</think>")[0]
-    return len(REFLECTION.findall(think))
 
 
 class RoutingRecorder:
@@ -464,6 +456,8 @@ def rollout_stats(ro: Rollout, parts, tok, G: int) -> dict:
         "completion_len": float(lens.mean()), "think_len": float(think.mean()),
         "len_correct": mean_or_none(lens, acc > 0), "len_wrong": mean_or_none(lens, acc == 0),
         "reflection": sum(reflection_count(t) for t in ro.texts) / len(ro.texts),
+        "wait_after_guess": mean_or_none(torch.tensor([float(reflection_count(t) > 0) for t in ro.texts]),
+                                         torch.tensor([guesses(t) for t in ro.texts])),
     }
 
 

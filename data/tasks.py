@@ -4,8 +4,9 @@
     prompt(problem)                 "User asks, ... </answer>.\\nUser: _1663+_5242\\nAssistant:"
     completion(problem)             LONG:   "<think>3+2+0=5 6+4+0=10 6+2+1=9 1+5+0=6 0+0+0=0</think><answer>6905</answer>"
     completion(problem, steps=0)    SHORT:  "<think></think><answer>6905</answer>"
-    completion(problem, steps=2)    GRADED: "<think>3+2+0=5 6+4+0=10</think><answer>6905</answer>"
-    completion(problem, mistake=True)       "<think>3+2+0=5 6+4+0=10 6+2+1=10 wait 6+2+1=9 1+5+0=6 ...</think>..."
+    completion(problem, steps=2)    GRADED: "<think>3+2+0=5 6+4+0=10 6905?</think><answer>6905</answer>"
+    completion(problem, steps=2, reflect=True)
+                                    REFLECT: "<think>3+2+0=5 6+4+0=10 6805? wait 6+2+1=9 1+5+0=6 0+0+0=0</think>..."
 
 Each family lives in its own module (arith, mul, countdown, linear) with a worked example in its
 docstring; each provides generate(rng, difficulty), steps(problem) and answer_text(problem), plus
@@ -180,25 +181,43 @@ def answer_text(problem: Problem) -> str:
     return _family(problem.task).answer_text(problem)
 
 
-def completion(problem: Problem, *, steps: int | None = None, mistake: bool = False,
+def completion(problem: Problem, *, steps: int | None = None, reflect: bool = False,
                rng: random.Random | None = None) -> str:
     """The worked solution written after "Assistant:": "<think>" + thinking + "</think><answer>" + answer + "</answer>".
 
-    steps=None: all n steps (LONG); steps=0: empty thinking (SHORT); 0<k<n: the first k steps (GRADED).
-    The answer is always the true one. mistake=True writes one of the shown steps (chosen with `rng`,
-    else by a hash of the question) off by one, then " wait " and the step again, right:
-    "6+2+1=10 wait 6+2+1=9". The steps are joined by single spaces.
+    steps=None: all n steps (LONG); steps=0: empty thinking (SHORT); 0<k<n: the first k steps, then the
+    answer guessed with a question mark, "6905?" (GRADED). The answer is always the true one.
+
+    reflect=True (k < n): the thinking stops after k steps as a GRADED one would, but its guess is wrong,
+    one digit off among those the k steps did not work out ("6805?"); then " wait" and the remaining steps,
+    and the true answer: "3+2+0=5 6+4+0=10 6805? wait 6+2+1=9 1+5+0=6 0+0+0=0". A check that fails and a
+    redo that fixes it; the guessed digit is chosen with `rng`, else by a hash of the question.
+    The steps are joined by single spaces.
     """
     all_steps = solution_steps(problem)
-    k = len(all_steps) if steps is None else steps
-    if not 0 <= k <= len(all_steps):
-        raise ValueError(f"steps={steps} out of range 0..{len(all_steps)} for {problem.question!r}")
+    n = len(all_steps)
+    k = n if steps is None else steps
+    if not 0 <= k <= n:
+        raise ValueError(f"steps={steps} out of range 0..{n} for {problem.question!r}")
+    if reflect and k == n:
+        raise ValueError(f"reflect=True needs thinking that stops early (steps < {n}) for {problem.question!r}")
+    answer = answer_text(problem)
     shown = [str(step) for step in all_steps[:k]]
-    if mistake:
-        candidates = [i for i in range(k) if all_steps[i].value is not None]
-        if not candidates:
-            raise ValueError(f"mistake=True needs a shown step with a result; steps={k} for {problem.question!r}")
-        rng = rng or random.Random(f"mistake:{problem.task}:{problem.question}")
-        i = rng.choice(candidates)
-        shown[i] = f"{all_steps[i].wrong(rng)} wait {shown[i]}"
-    return f"<think>{' '.join(shown)}</think><answer>{answer_text(problem)}</answer>"
+    if reflect:
+        rng = rng or random.Random(f"reflect:{problem.task}:{problem.question}")
+        shown += [f"{wrong_guess(answer, k, rng)}?", "wait"] + [str(step) for step in all_steps[k:]]
+    elif 0 < k < n:
+        shown.append(f"{answer}?")
+    return f"<think>{' '.join(shown)}</think><answer>{answer}</answer>"
+
+
+def wrong_guess(answer: str, worked: int, rng: random.Random) -> str:
+    """`answer` with one digit changed, chosen among the digits left of the last `worked` ones (those k
+    column steps did not work out; any digit if there are none). A leading digit never becomes 0."""
+    places = [i for i, ch in enumerate(answer) if ch.isdigit()]
+    if not places:
+        raise ValueError(f"answer {answer!r} has no digit to get wrong")
+    i = rng.choice(places[:len(places) - worked] or places)
+    leading = i == places[0] and len(places) > 1 and (i == 0 or not answer[i - 1].isdigit())
+    digit = rng.choice([d for d in "0123456789" if d != answer[i] and not (leading and d == "0")])
+    return answer[:i] + digit + answer[i + 1:]

@@ -13,7 +13,7 @@ with special=False so that decoding keeps them: the reward reads them (docs/trap
 <pad> <unk> <bos> <eos> are special tokens; decode() drops <pad> <bos> <eos>.
 
 Why a word-level model over a closed vocabulary rather than BPE: the texts are machine-generated from a
-handful of fixed formats, so the whole vocabulary can be listed (116 tokens for the four tasks); every token then means
+handful of fixed formats, so the whole vocabulary can be listed (117 tokens for the four tasks); every token then means
 one thing, sequences stay short where it matters (template words are one token each) and digits are
 never merged. The vocabulary is: the specials, the tags, the 95 printable ASCII characters and newline
 (each a token), and every letter word seen in the corpus given to `build`. A word not in it is not
@@ -132,7 +132,7 @@ def default_tokenizer() -> Tokenizer:
     texts = []
     for task, difficulties in DIFFICULTIES.items():
         for d in difficulties:
-            pairs = build_corpus(100, tasks=(task,), seed=0, long_frac=0.4, short_frac=0.2, mistake_rate=0.5,
+            pairs = build_corpus(100, tasks=(task,), seed=0, long_frac=0.4, short_frac=0.2, reflect_rate=0.5,
                                  difficulty=d)
             texts += [p + c for p, c in pairs]
     return Tokenizer.build(texts)

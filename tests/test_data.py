@@ -16,6 +16,7 @@ import pytest
 
 from data import (DIFFICULTIES, EVAL_SEED, TASKS, TEMPLATE, Problem, Tokenizer, answer_text, build_corpus,
                   completion, default_tokenizer, eval_set, make_problem, make_problems, n_steps, prompt, split_of)
+from data.tasks import wrong_guess
 
 COMPLETION = re.compile(r"<think>(.*)</think><answer>(.*)</answer>")   # no spaces around the tags
 PROMPT = re.compile(r"User asks, Assistant thinks in <think> </think> then answers in <answer> </answer>\.\n"
@@ -29,7 +30,7 @@ def thinking_of(text: str) -> str:
 
 
 def split_steps(thinking: str) -> list[str]:
-    """Steps of a thinking text without mistakes: joined by single spaces; a countdown dead end ends in ' no'."""
+    """Steps of a thinking text without reflection: joined by single spaces; a countdown dead end ends in ' no'."""
     return [] if thinking == "" else thinking.replace(" no", "").split(" ")
 
 
@@ -230,17 +231,34 @@ def test_completion_modes(task):
         assert completion(p, steps=n) == long_text
         for k in range(1, n):                                                                # GRADED
             graded = thinking_of(completion(p, steps=k))
-            assert len(split_steps(graded)) == k and thinking_of(long_text).startswith(graded)
-        wrong = completion(p, mistake=True, rng=rng)                                         # mistake
-        assert " wait " in wrong and wrong.count(" wait ") == 1
-        assert re.sub(r"\S+ wait ", "", thinking_of(wrong)) == thinking_of(long_text)  # slip, then the step right
-        slip, fixed = re.search(r"(\S+) wait (\S+)", " " + thinking_of(wrong) + " ").groups()
-        assert slip != fixed and slip.rsplit("=", 1)[0] == fixed.rsplit("=", 1)[0]   # same step, other result
-        assert completion(p, mistake=True) == completion(p, mistake=True)   # no rng: fixed by the problem
+            worked, guess = graded.rsplit(" ", 1)
+            assert len(split_steps(worked)) == k and thinking_of(long_text).startswith(worked + " ")
+            assert guess == f"{answer_text(p)}?"                       # the true answer, guessed
+        for k in range(n):                                                                   # REFLECT
+            text = completion(p, steps=k, reflect=True, rng=rng)
+            before, after = thinking_of(text).split(" wait ")
+            worked, guess = (" " + before).rsplit(" ", 1)
+            assert (worked + " " + after).strip() == thinking_of(long_text)       # guess, wait, then the rest
+            assert guess.endswith("?") and guess[:-1] != answer_text(p)            # the guess is wrong
+            assert len(guess) == len(answer_text(p)) + 1                            # one digit off
+            assert sum(a != b for a, b in zip(guess, answer_text(p))) == 1
+            assert COMPLETION.fullmatch(text).group(2) == answer_text(p)
+        assert completion(p, steps=0, reflect=True) == completion(p, steps=0, reflect=True)  # no rng: by the problem
         with pytest.raises(ValueError):
             completion(p, steps=n + 1)
         with pytest.raises(ValueError):
-            completion(p, steps=0, mistake=True)
+            completion(p, reflect=True)                                # LONG has no stop to reflect at
+
+
+def test_wrong_guess_changes_an_unworked_digit():
+    rng = random.Random(0)
+    for _ in range(200):
+        guess = wrong_guess("6905", 2, rng)
+        assert guess[2:] == "05" and guess[:2] != "69" and guess[0] != "0"    # the two worked digits kept
+    assert {wrong_guess("-42", 5, rng)[1] for _ in range(100)} <= set("123456789")  # all worked: any digit
+    assert wrong_guess("7", 1, rng) != "7"
+    with pytest.raises(ValueError):
+        wrong_guess("x", 0, rng)
 
 
 def test_add_trace_columns_and_answer_can_be_read_back():
@@ -306,9 +324,9 @@ def test_mul_countdown_linear_steps_are_true():
 # ----------------------------------------------------------------------------- corpus
 
 def test_corpus_mix_follows_the_knobs():
-    pairs = build_corpus(4000, seed=0, long_frac=0.4, short_frac=0.3, mistake_rate=0.25)
-    assert pairs == build_corpus(4000, seed=0, long_frac=0.4, short_frac=0.3, mistake_rate=0.25)
-    modes, mistakes, with_steps = Counter(), 0, 0
+    pairs = build_corpus(4000, seed=0, long_frac=0.4, short_frac=0.3, reflect_rate=0.25)
+    assert pairs == build_corpus(4000, seed=0, long_frac=0.4, short_frac=0.3, reflect_rate=0.25)
+    modes = Counter()
     for prompt_text, completion_text in pairs:
         question = PROMPT.fullmatch(prompt_text).group(1)
         top, op, bottom = re.fullmatch(r"(_*\d+)([+-])(_*\d+)", question).groups()
@@ -316,21 +334,22 @@ def test_corpus_mix_follows_the_knobs():
         n = len(top) + (op == "-" and int(top.strip("_")) < int(bottom.strip("_")))
         thinking = thinking_of(completion_text)
         if " wait " in thinking:
-            mistakes += 1
-            thinking = re.sub(r"\S+ wait ", "", thinking)
-        k = len(split_steps(thinking))
+            assert re.sub(r"[^\s>]+\? wait ", "", completion_text) == completion_of_long(prompt_text, completion_text)
+            modes["reflect"] += 1
+            continue
+        k = len([s for s in split_steps(thinking) if not s.endswith("?")])
         modes["short" if k == 0 else "long" if k == n else "graded"] += 1
-        with_steps += k > 0 and thinking != "swap"
+    stops = 0.3 + 0.3  # SHORT and GRADED examples, a quarter of which REFLECT
     assert abs(modes["long"] / 4000 - 0.4) < 0.03
-    assert abs(modes["short"] / 4000 - 0.3) < 0.03
-    assert abs(modes["graded"] / 4000 - 0.3) < 0.03
-    assert abs(mistakes / with_steps - 0.25) < 0.03
+    assert abs(modes["short"] / 4000 - 0.3 * 0.75) < 0.03
+    assert abs(modes["graded"] / 4000 - 0.3 * 0.75) < 0.03
+    assert abs(modes["reflect"] / 4000 - stops * 0.25) < 0.03
 
 
 def test_corpus_knobs_tasks_and_difficulty():
     assert all(c == completion_of_long(p, c) for p, c in build_corpus(50, seed=1, long_frac=1.0, short_frac=0.0))
     assert all(c.startswith("<think></think>") for _, c in build_corpus(50, seed=1, long_frac=0.0, short_frac=1.0))
-    assert not any(" wait " in c for _, c in build_corpus(200, seed=1))       # mistake_rate defaults to 0
+    assert not any(" wait " in c for _, c in build_corpus(200, seed=1))       # reflect_rate defaults to 0
     mixed = build_corpus(400, tasks=TASKS, seed=2, difficulty={"add": 8, "countdown": 4})
     questions = [PROMPT.fullmatch(p).group(1) for p, _ in mixed]
     kinds = Counter("countdown" if "->" in q else "linear" if "x" in q else "mul" if "*" in q else "add"
@@ -354,7 +373,7 @@ def all_kinds_of_text(n_per_task: int) -> list[str]:
     texts = []
     for task in TASKS:
         for d in DIFFICULTIES[task]:
-            pairs = build_corpus(n_per_task, tasks=(task,), seed=7, mistake_rate=0.3, difficulty=d)
+            pairs = build_corpus(n_per_task, tasks=(task,), seed=7, reflect_rate=0.3, difficulty=d)
             texts += [p + c for p, c in pairs]
         texts += [prompt(p) + completion(p) for p in eval_set(task, 50)]
     return texts
@@ -369,7 +388,7 @@ def test_tokenizer_round_trip_on_thousands_of_texts():
         assert tok.decode(ids) == text
         assert all(0 <= i < tok.vocab_size for i in ids)
     # A prompt and its completion can be encoded apart and concatenated (the cut falls between tokens).
-    for prompt_text, completion_text in build_corpus(500, tasks=TASKS, seed=8, mistake_rate=0.3):
+    for prompt_text, completion_text in build_corpus(500, tasks=TASKS, seed=8, reflect_rate=0.3):
         assert tok.encode(prompt_text) + tok.encode(completion_text) == tok.encode(prompt_text + completion_text)
 
 
@@ -429,3 +448,30 @@ def test_harder_level_is_one_above_training_and_held_out():
     assert all(split_of(p) == "eval" for p in ps)
     assert all(len(p.question.split("+")[0].split("-")[0]) == 6 for p in ps if p.task == "add")  # width 6
     assert all(len(p.numbers) == harder_level("countdown") for p in ps if p.task == "countdown")
+
+
+# ----------------------------------------------------------------------------- reading reflection back
+
+def test_reflection_is_read_back_from_every_mode():
+    """evaluate's reflection readers and tools.reflection.way name the mode each completion was written in;
+    a reflection "fixes" when its guess is wrong and its answer right, never on a wrong answer."""
+    from evaluate import guesses, reflection_count, reflection_fixes
+    from tools.reflection import way
+    rng = random.Random(0)
+    for p in problems_at_all_difficulties("add", 20, seed=2):
+        n = n_steps(p)
+        texts = {"answer at once": completion(p, steps=0), "steps to the end": completion(p),
+                 "guess, then wait": completion(p, steps=0, reflect=True, rng=rng)}
+        if n > 1:
+            k = rng.randint(1, n - 1)
+            texts |= {"steps, then commit": completion(p, steps=k),
+                      "steps, then wait": completion(p, steps=k, reflect=True, rng=rng)}
+        for name, text in texts.items():
+            reflects = "wait" in name
+            assert way(text) == name
+            assert reflection_count(text) == reflects
+            assert guesses(text) == (name not in ("answer at once", "steps to the end"))
+            assert reflection_fixes(p, text) == reflects                     # the corpus's guesses are wrong
+        wrong_answer = texts["guess, then wait"].replace(f"<answer>{p.answer}<", "<answer>0.5<")
+        assert not reflection_fixes(p, wrong_answer)
+    assert reflection_count("<think>1+2+0=3 wait</think><answer>wait</answer>") == 1  # the thinking only

@@ -332,7 +332,8 @@ def test_r1_zero_pipeline_smoke(tmp_path):
     """`python r1.py` end to end in smoke mode: tokenizer, base, base eval, GRPO, eval, report, plots."""
     assert r1.main(["zero", "--smoke", "--run", str(tmp_path / "zero"), "--quiet"]) == 0
     run = tmp_path / "zero"
-    for f in ("report.md", "results.json", "plots/accuracy.png", "plots/length.png", "base/tokenizer.json",
+    for f in ("report.md", "results.json", "plots/accuracy.png", "plots/length.png", "plots/reflection.png",
+              "base/tokenizer.json",
               "rl/metrics.jsonl", "rl/samples.txt"):
         assert (run / f).is_file(), f
     # the harder held-out level (add: 4-6 digit operands after training on 3-5) for the base and after RL
@@ -340,6 +341,7 @@ def test_r1_zero_pipeline_smoke(tmp_path):
     assert res["harder_difficulty"] == {"add": 6}
     assert set(res["base_harder"]) == set(res["r1_zero_harder"]) == {"add"}
     assert "R1-Zero, harder add" in (run / "report.md").read_text()
+    assert "reflect" in res["base"]["add"] and 'the thinking says " wait"' in (run / "report.md").read_text()
     assert r1.main(["plot", str(run)]) == 0
 
 

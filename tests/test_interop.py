@@ -258,7 +258,7 @@ def test_import_without_mtp_drops_the_mtp_layer(exported, tmp_path):
 def test_tokenizer_loads_in_transformers_and_encodes_like_ours(exported):
     _, _, out = exported("tiny")
     texts = [p + c for task in TASKS for p, c in build_corpus(40, tasks=(task,), seed=4, long_frac=0.5,
-                                                               short_frac=0.2, mistake_rate=0.3)]
+                                                               short_frac=0.2, reflect_rate=0.3)]
     assert any("<think>" in t for t in texts) and any("<answer>" in t for t in texts)
     texts.insert(0, "<think>1 . 2 , 3 ? 4 ! 5 = 6</think>")  # what clean_up_tokenization_spaces would alter
     for hf_tok in (PreTrainedTokenizerFast.from_pretrained(out), AutoTokenizer.from_pretrained(out)):

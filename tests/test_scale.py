@@ -59,10 +59,10 @@ class Interrupt(Exception):
 
 
 def interrupted(batches):
-    def batch(step):
+    def batch(step, end=None):
         if step == N // 2:
             raise Interrupt
-        return batches(step)
+        return batches(step, end)
     return batch
 
 
@@ -347,11 +347,11 @@ def killing_last_rank(step: int):
     def pretrain_batches(cfg):
         batch = make_batches(cfg)
 
-        def killing(s):
+        def killing(s, end=None):
             if (s == step and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
                     and os.environ.get("RANK") == str(int(os.environ["WORLD_SIZE"]) - 1)):
                 os.kill(os.getpid(), signal.SIGKILL)
-            return batch(s)
+            return batch(s, end)
         return killing
     train.pretrain_batches = pretrain_batches  # cmd_pretrain looks it up when it runs
 

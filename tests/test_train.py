@@ -218,10 +218,10 @@ def test_resume_is_bit_exact(tok, tmp_path):
     b = tmp_path / "b"
     model_b = make_run(b, tok, cfg, seed=3)
 
-    def interrupted(step):
+    def interrupted(step, end=None):
         if step == N // 2:
             raise Interrupt
-        return batches(step)
+        return batches(step, end)
 
     with pytest.raises(Interrupt):
         train_lm(b, model_b, tok, cfg, interrupted, CPU, quiet=True)
@@ -465,8 +465,62 @@ def test_load_run_missing_or_corrupt_tokenizer(valid_run):
 # --------------------------------------------------------------------------------------------
 
 
+def test_skill_gate_ends_the_run_with_the_decay_and_resumes_exactly(tok, tmp_path, monkeypatch):
+    """decay_at_greedy: the first evaluation whose greedy accuracy reaches it moves the end to that step +
+    the decay and final mix (here 6 + 3 = 9 of at most 20); the lr decays to that end, the last
+    final_mix_steps batches are the final mix, the checkpoint keeps the end, and a run interrupted after
+    the gate and resumed ends with the same weights as the straight one."""
+    cfg = TrainConfig(steps=20, batch_size=4, lr=3e-3, warmup=1, decay_steps=3, final_mix_steps=2, eval_every=2,
+                      eval_n=4, ckpt_every=2, decay_at_greedy=0.5, seed=3)
+    calls = []
+
+    def fake_evaluate(model, tok, problems, **kw):  # greedy accuracy 0, 0, then 1.0 from the third evaluation
+        calls.append(1)
+        acc = 1.0 if len(calls) >= 3 else 0.0
+        return {"tasks": {"add": {"pass@1": acc}}, "overall": {"pass@1": acc}}
+    monkeypatch.setattr(train, "evaluate", fake_evaluate)
+
+    a = tmp_path / "a"
+    model_a = make_run(a, tok, cfg, seed=3)
+    init = {k: v.clone() for k, v in model_a.state_dict().items()}
+    last = train_lm(a, model_a, tok, cfg, pretrain_batches(cfg), CPU, quiet=True)
+    assert last["step"] == 9
+    rows = list(runs.Metrics(a / "metrics.jsonl").read())
+    assert [r for r in rows if "skill_at" in r] == [{"stage": "pretrain", "step": 6, "skill_at": 6, "end": 9}]
+    lrs = [r["lr"] for r in rows if "lr" in r]
+    assert lrs == pytest.approx([lr_at(s, cfg, end=9) for s in range(9)])
+    assert lrs[:7] == pytest.approx([3e-3] * 7) and lrs[8] < lrs[7] < 3e-3      # held, then the decay
+    assert load_checkpoint(a)["skill_at"] == 6 and recipe_finished(a, cfg)
+    final = pretrain_batches(cfg)
+    nine = pretrain_batches(TrainConfig(**{**vars(cfg), "steps": 9}))
+    assert final(7, 9) == nine(7) != final(7) and final(6, 9) == final(6)       # the final mix before the end
+
+    calls.clear()
+    b = tmp_path / "b"
+    model_b = make_run(b, tok, cfg, seed=3)
+    batches = pretrain_batches(cfg)
+
+    def interrupted(step, end=None):
+        if step == 7:
+            raise Interrupt
+        return batches(step, end)
+    with pytest.raises(Interrupt):
+        train_lm(b, model_b, tok, cfg, interrupted, CPU, quiet=True)
+    model_r, tok_r, state = load_run(b)
+    assert (state["step"], state["skill_at"]) == (6, 6) and not recipe_finished(b, cfg)
+    train_lm(b, model_r, tok_r, cfg, batches, CPU, state=state, quiet=True)
+    sa, sr = model_a.state_dict(), model_r.state_dict()
+    assert sum(not torch.equal(init[k], sa[k]) for k in sa) > len(sa) // 2      # the weights moved
+    assert all(torch.equal(sa[k], sr[k]) for k in sa)
+
+
+def recipe_finished(run: Path, cfg: TrainConfig) -> bool:
+    import recipe
+    return recipe._finished(run, cfg.steps, pretrain=cfg)
+
+
 def test_lr_schedule_by_hand():
-    cfg = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1)
+    cfg = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=100)
     # warm-up: lr * (step + 1) / warmup
     assert lr_at(0, cfg) == pytest.approx(0.2)
     assert lr_at(4, cfg) == pytest.approx(1.0)
@@ -483,8 +537,20 @@ def test_lr_schedule_by_hand():
     assert min(lrs[10:]) > 0.2  # the last trained step is still above the floor
 
 
+def test_lr_schedule_constant_then_decay():
+    """V3's shape: after the warm-up the lr holds, then a cosine over the last decay_steps steps before the end."""
+    cfg = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=30)  # decay over steps 80..110
+    assert [lr_at(s, cfg) for s in (10, 50, 80)] == [pytest.approx(2.0)] * 3
+    assert lr_at(95, cfg) == pytest.approx(0.2 + 1.8 * 0.5)  # half way through the decay
+    assert lr_at(110, cfg) == pytest.approx(0.2)
+    whole = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=100)
+    assert lr_at(50, cfg) > lr_at(50, whole)  # a higher lr in the middle of training
+    # a run that ends early (the skill gate) decays over the same number of steps before its own end
+    assert [lr_at(s, cfg, end=60) for s in (29, 30, 45, 60)] == pytest.approx([2.0, 2.0, 1.1, 0.2])
+
+
 def test_lr_schedule_without_warmup():
-    cfg = TrainConfig(steps=4, warmup=0, lr=1.0, min_lr_frac=0.0)
+    cfg = TrainConfig(steps=4, warmup=0, lr=1.0, min_lr_frac=0.0, decay_steps=4)
     assert [lr_at(s, cfg) for s in range(5)] == pytest.approx([1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5,
                                                                (1 + math.cos(3 * math.pi / 4)) / 2, 0.0])
 
@@ -540,7 +606,7 @@ def test_length_groups_give_the_whole_batch_loss_and_gradient(tok):
     assert len(groups) == 2 and sorted(groups[0] + groups[1]) == sorted(pairs)
     whole = collate(pairs, tok, 256, False)
     micro = [collate(g, tok, 256, False) for g in groups]
-    assert sum(t.numel() for t, _ in micro) < 0.8 * whole[0].numel()
+    assert sum(t.numel() for t, _ in micro) <= 0.9 * whole[0].numel()  # the cut saves a tenth or more
     model, world = build_model(small_cfg(tok), seed=0), runs.World()
 
     def losses_and_grads(batches):

@@ -8,7 +8,7 @@ sides run the very same model in fp32 on the same CPU threads.
     python -m tools.race generate [--run RUN] [--batches 1 16 64] [--new-tokens 128] [--repeats 3]
     python -m tools.race grpo --run BASE_RUN [--steps 30]
 
-generate: without --run, a random-weight `tiny` preset model (the vocabulary cut to our tokenizer's 116
+generate: without --run, a random-weight `tiny` preset model (the vocabulary cut to our tokenizer's 117
 tokens, so the run can be exported with its tokenizer); with --run, a trained run and held-out add
 prompts (as tools/bench.py's bench_sampling). The run is exported (interop.export_hf) to a temporary
 folder and loaded by DeepseekV3ForCausalLM in fp32. At each batch size, greedy and sampling (temperature
