@@ -77,7 +77,8 @@ CONFIG_HELP = {
         "lr": "peak AdamW learning rate, reached after the warm-up and held, then the decay (> 0)",
         "min_lr_frac": "the cosine decays to lr x this (0 to 1)",
         "warmup": "steps of linear learning-rate warm-up (>= 0)",
-        "decay_steps": "the lr is constant after the warm-up, then a cosine decay over the last N steps (>= 1)",
+        "decay_steps": "the lr is constant after the warm-up, then a cosine decay over N steps, ending where the "
+                       "final mix begins (>= 1)",
         "decay_at_greedy": "hold the lr until held-out greedy accuracy reaches this, then decay and end "
                            "(0 to 1; 0 = train for --steps; --steps is then a cap)",
         "weight_decay": "AdamW weight decay of the matrices (>= 0; V3: 0.1)",
@@ -89,7 +90,7 @@ CONFIG_HELP = {
         "long_frac": "share of LONG examples, every thinking step written (0 to 1; long + short <= 1, "
                      "the rest GRADED)",
         "short_frac": "share of SHORT examples, no thinking at all (0 to 1)",
-        "final_mix_steps": "the last N steps use the final mix below (>= 0; 0 = never)",
+        "final_mix_steps": "the last N steps use the final mix below, at the lowest lr (>= 0; 0 = never)",
         "final_long_frac": "share of LONG examples in the last final-mix-steps steps (0 to 1)",
         "final_short_frac": "share of SHORT examples in the last final-mix-steps steps (0 to 1)",
         "reflect_rate": "share of early stops that guess wrong, say ' wait' and work out the rest (0 to 1)",
@@ -248,7 +249,7 @@ def cmd_sft(args, world=None):
     from train import TrainConfig, check_sft_pairs, read_jsonl, sft_batches, train_lm
 
     world = world or World()
-    cfg = config_from_args(TrainConfig, args, completion_only=True, decay_at_greedy=0.0)
+    cfg = config_from_args(TrainConfig, args, completion_only=True, decay_at_greedy=0.0, final_mix_steps=0)
     pairs = read_jsonl(args.data)
     device = world.pick_device(args.device)
     args.run = default_run(args.init, "sft", args.run)

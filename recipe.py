@@ -180,8 +180,9 @@ def zero(run, *, seed: int = 0, preset_name: str = "tiny", k: int = 8, n: int = 
                 check_resume_config(stage_dir, model_cfg, asdict(cfg), stage)
 
     # 1. the base model (pre-training on the task corpus; resumed, or skipped when finished)
-    length = (f"until greedy accuracy reaches {pre.decay_at_greedy:g}, then {max(pre.decay_steps, pre.final_mix_steps)} "
-              f"steps of decay; at most {pre.steps}" if pre.decay_at_greedy and pre.eval_every else f"{pre.steps} steps")
+    length = (f"until greedy accuracy reaches {pre.decay_at_greedy:g}, then {pre.decay_steps} steps of decay and "
+              f"{pre.final_mix_steps} of the final mix; at most {pre.steps}" if pre.decay_at_greedy and pre.eval_every
+              else f"{pre.steps} steps")
     print(f"== 1/4 pre-training the base model ({length}) -> {base_dir}")
     pretrain_stage(base_dir, model_cfg, pre, device, quiet, preset_name)
     model, tok, _ = load_run(base_dir, device)
@@ -433,7 +434,7 @@ class RecipeConfig:
 
     def sft(self, steps: int) -> TrainConfig:
         return TrainConfig(steps=steps, batch_size=self.sft_batch_size, lr=self.sft_lr, warmup=min(10, steps),
-                           decay_steps=steps, decay_at_greedy=0.0, seed=self.seed, tasks=self.tasks, eval_every=0, eval_n=min(20, self.eval_n),
+                           decay_steps=steps, final_mix_steps=0, decay_at_greedy=0.0, seed=self.seed, tasks=self.tasks, eval_every=0, eval_n=min(20, self.eval_n),
                            ckpt_every=0, completion_only=True)
 
     def rl(self, steps: int, consistency_weight: float) -> GRPOConfig:

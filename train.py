@@ -48,7 +48,7 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
     warmup: int = 50
-    decay_steps: int = 400  # V3 §4.2's shape: constant lr after the warm-up, then a cosine over the last decay_steps
+    decay_steps: int = 300  # V3 §4.2's shape: constant lr after the warm-up, then a cosine over decay_steps steps
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -56,18 +56,19 @@ class TrainConfig:
     seed: int = 0
     tasks: tuple[str, ...] = ("add",)
     # the corpus mix (data/corpus.py): LONG / SHORT / the rest GRADED. Mostly worked solutions first,
-    # so the skill is learnt; then, for the last `final_mix_steps`, a mix with more SHORT answers, so
+    # so the skill is learnt; then, for the last `final_mix_steps` (after the decay, at the lowest lr, so that
+    # the mix moves how long the base thinks without wearing away the skill), a mix with more SHORT answers, so
     # the base ends up undecided about how long to think (the choice RL gets to make)
     long_frac: float = 0.6
     short_frac: float = 0.2
-    final_mix_steps: int = 400
+    final_mix_steps: int = 300
     final_long_frac: float = 0.1
     final_short_frac: float = 0.6
     reflect_rate: float = 0.2  # share of early stops written REFLECT: guess, " wait", the rest (data/corpus.py)
     difficulty: int | None = None  # None = each task's default
     # > 0: hold the lr until the held-out greedy accuracy (checked every eval_every steps; never when that is 0)
     # reaches this, then end the run with the decay and the final mix; `steps` is then a cap (0 = always `steps`)
-    decay_at_greedy: float = 0.5
+    decay_at_greedy: float = 0.3
     eval_every: int = 100  # held-out loss and greedy accuracy every N steps (0 = only at the end)
     eval_n: int = 50  # held-out problems per task for those evaluations
     ckpt_every: int = 300
@@ -106,22 +107,24 @@ class TrainConfig:
 
 
 def lr_at(step: int, cfg: TrainConfig, end: int | None = None) -> float:
-    """Linear warm-up over `warmup` steps, then a constant lr, then a cosine from lr to lr * min_lr_frac over
-    the last `decay_steps` steps before `end` (V3 §4.2: constant, then cosine decay). `end` is cfg.steps,
-    or earlier when the skill appeared (TrainConfig.decay_at_greedy): a constant lr can stop anywhere, so the
-    run needs to know its length only when it starts to decay."""
+    """Linear warm-up over `warmup` steps, a constant lr, a cosine from lr to lr * min_lr_frac over
+    `decay_steps` steps (V3 §4.2: constant, then cosine decay), then lr * min_lr_frac for the last
+    `final_mix_steps` steps before `end`, which train on the final mix. `end` is cfg.steps, or earlier
+    when the skill appeared (TrainConfig.decay_at_greedy): a constant lr can stop anywhere, so the run
+    needs to know its length only when it starts to decay."""
     end = cfg.steps if end is None else end
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    start = max(cfg.warmup, end - cfg.decay_steps)
-    progress = max(0, step - start) / max(1, end - start)
+    decay_end = end - cfg.final_mix_steps
+    start = max(cfg.warmup, decay_end - cfg.decay_steps)
+    progress = max(0, step - start) / max(1, decay_end - start)
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
 def end_after_skill(step: int | None, cfg: TrainConfig) -> int:
     """The step a run ends at when the skill appeared after `step` steps (None: not yet, cfg.steps): the
     decay and the final mix still to go."""
-    return cfg.steps if step is None else min(cfg.steps, step + max(cfg.decay_steps, cfg.final_mix_steps))
+    return cfg.steps if step is None else min(cfg.steps, step + cfg.decay_steps + cfg.final_mix_steps)
 
 
 def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:

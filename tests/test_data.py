@@ -468,10 +468,12 @@ def test_reflection_is_read_back_from_every_mode():
                       "steps, then wait": completion(p, steps=k, reflect=True, rng=rng)}
         for name, text in texts.items():
             reflects = "wait" in name
-            assert way(text) == name
+            assert way(p, text) == name
             assert reflection_count(text) == reflects
             assert guesses(text) == (name not in ("answer at once", "steps to the end"))
             assert reflection_fixes(p, text) == reflects                     # the corpus's guesses are wrong
         wrong_answer = texts["guess, then wait"].replace(f"<answer>{p.answer}<", "<answer>0.5<")
         assert not reflection_fixes(p, wrong_answer)
+    p = next(p for p in problems_at_all_difficulties("add", 5, seed=2) if n_steps(p) > 1)
+    assert way(p, completion(p).split(" ", 1)[0] + "</think><answer>1</answer>") == "steps, then stop"
     assert reflection_count("<think>1+2+0=3 wait</think><answer>wait</answer>") == 1  # the thinking only

@@ -467,9 +467,9 @@ def test_load_run_missing_or_corrupt_tokenizer(valid_run):
 
 def test_skill_gate_ends_the_run_with_the_decay_and_resumes_exactly(tok, tmp_path, monkeypatch):
     """decay_at_greedy: the first evaluation whose greedy accuracy reaches it moves the end to that step +
-    the decay and final mix (here 6 + 3 = 9 of at most 20); the lr decays to that end, the last
-    final_mix_steps batches are the final mix, the checkpoint keeps the end, and a run interrupted after
-    the gate and resumed ends with the same weights as the straight one."""
+    the decay and the final mix (here 6 + 3 + 2 = 11 of at most 20); the lr decays over the 3 steps, the
+    last 2 batches are the final mix at the lowest lr, the checkpoint keeps the step, and a run interrupted
+    after the gate and resumed ends with the same weights as the straight one."""
     cfg = TrainConfig(steps=20, batch_size=4, lr=3e-3, warmup=1, decay_steps=3, final_mix_steps=2, eval_every=2,
                       eval_n=4, ckpt_every=2, decay_at_greedy=0.5, seed=3)
     calls = []
@@ -484,16 +484,17 @@ def test_skill_gate_ends_the_run_with_the_decay_and_resumes_exactly(tok, tmp_pat
     model_a = make_run(a, tok, cfg, seed=3)
     init = {k: v.clone() for k, v in model_a.state_dict().items()}
     last = train_lm(a, model_a, tok, cfg, pretrain_batches(cfg), CPU, quiet=True)
-    assert last["step"] == 9
+    assert last["step"] == 11
     rows = list(runs.Metrics(a / "metrics.jsonl").read())
-    assert [r for r in rows if "skill_at" in r] == [{"stage": "pretrain", "step": 6, "skill_at": 6, "end": 9}]
+    assert [r for r in rows if "skill_at" in r] == [{"stage": "pretrain", "step": 6, "skill_at": 6, "end": 11}]
     lrs = [r["lr"] for r in rows if "lr" in r]
-    assert lrs == pytest.approx([lr_at(s, cfg, end=9) for s in range(9)])
+    assert lrs == pytest.approx([lr_at(s, cfg, end=11) for s in range(11)])
     assert lrs[:7] == pytest.approx([3e-3] * 7) and lrs[8] < lrs[7] < 3e-3      # held, then the decay
+    assert lrs[9:] == pytest.approx([3e-4] * 2)                                  # the final mix at the lowest lr
     assert load_checkpoint(a)["skill_at"] == 6 and recipe_finished(a, cfg)
     final = pretrain_batches(cfg)
-    nine = pretrain_batches(TrainConfig(**{**vars(cfg), "steps": 9}))
-    assert final(7, 9) == nine(7) != final(7) and final(6, 9) == final(6)       # the final mix before the end
+    eleven = pretrain_batches(TrainConfig(**{**vars(cfg), "steps": 11}))
+    assert final(9, 11) == eleven(9) != final(9) and final(8, 11) == final(8)   # the final mix before the end
 
     calls.clear()
     b = tmp_path / "b"
@@ -520,7 +521,7 @@ def recipe_finished(run: Path, cfg: TrainConfig) -> bool:
 
 
 def test_lr_schedule_by_hand():
-    cfg = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=100)
+    cfg = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=100, final_mix_steps=0)
     # warm-up: lr * (step + 1) / warmup
     assert lr_at(0, cfg) == pytest.approx(0.2)
     assert lr_at(4, cfg) == pytest.approx(1.0)
@@ -539,18 +540,21 @@ def test_lr_schedule_by_hand():
 
 def test_lr_schedule_constant_then_decay():
     """V3's shape: after the warm-up the lr holds, then a cosine over the last decay_steps steps before the end."""
-    cfg = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=30)  # decay over steps 80..110
+    cfg = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=30, final_mix_steps=0)  # 80..110
     assert [lr_at(s, cfg) for s in (10, 50, 80)] == [pytest.approx(2.0)] * 3
     assert lr_at(95, cfg) == pytest.approx(0.2 + 1.8 * 0.5)  # half way through the decay
     assert lr_at(110, cfg) == pytest.approx(0.2)
-    whole = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=100)
+    whole = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=100, final_mix_steps=0)
     assert lr_at(50, cfg) > lr_at(50, whole)  # a higher lr in the middle of training
     # a run that ends early (the skill gate) decays over the same number of steps before its own end
     assert [lr_at(s, cfg, end=60) for s in (29, 30, 45, 60)] == pytest.approx([2.0, 2.0, 1.1, 0.2])
+    # the final mix comes after the decay, at the lowest lr: decay over 60..90, then 0.2 until 110
+    mixed = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=30, final_mix_steps=20)
+    assert [lr_at(s, mixed) for s in (59, 60, 75, 90, 109)] == pytest.approx([2.0, 2.0, 1.1, 0.2, 0.2])
 
 
 def test_lr_schedule_without_warmup():
-    cfg = TrainConfig(steps=4, warmup=0, lr=1.0, min_lr_frac=0.0, decay_steps=4)
+    cfg = TrainConfig(steps=4, warmup=0, lr=1.0, min_lr_frac=0.0, decay_steps=4, final_mix_steps=0)
     assert [lr_at(s, cfg) for s in range(5)] == pytest.approx([1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5,
                                                                (1 + math.cos(3 * math.pi / 4)) / 2, 0.0])
 

@@ -47,6 +47,7 @@ def readout(run: str, n: int = 100, k: int = 4, seed: int = 0, device: str = "cp
             p = batch[row // k]
             text = tok.decode(out.tokens[row][out.mask[row]].tolist())
             words = text.split("</think>")[0].replace("<think>", "").split()
+            words = [w for w in words if not w.endswith("?") and w != "wait"]  # a guess and its reflection
             gold = [str(s) for s in solution_steps(p)]
             steps_ok = words[:len(gold)] == gold
             summary_ok = len(words) > len(gold) and words[len(gold)] == "=" + p.answer

@@ -15,6 +15,7 @@ The ways a completion goes (the thinking of `add` completions, data/corpus.py):
     steps, then commit      <think>3+2+0=5 6+4+0=10 6905?</think>...    (GRADED: stops at a guess)
     steps, then wait        <think>3+2+0=5 6805? wait 6+2+1=9 ...</think>...
     steps to the end        <think>3+2+0=5 ... 0+0+0=0</think>...       (LONG)
+    steps, then stop        <think>3+2+0=5 6+4+0=10</think>...          (no guess: the corpus never does this)
 """
 
 from __future__ import annotations
@@ -28,22 +29,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import eval_problems, prompt  # noqa: E402
+from data import eval_problems, n_steps, prompt  # noqa: E402
 from evaluate import guesses, reflection_count, score  # noqa: E402
 from r1 import _model_run  # noqa: E402
 from runs import R1Error, load_run  # noqa: E402
 from sampler import complete  # noqa: E402
 
 
-def way(text: str) -> str:
-    """Which way a completion went (the module docstring's names)."""
+def way(problem, text: str) -> str:
+    """Which way a completion of `problem` went (the module docstring's names)."""
     think = text.split("</think>")[0].removeprefix("<think>")
     if not think:
         return "answer at once"
     first_is_guess = think.split(" ")[0].endswith("?")
     if reflection_count(text):
         return "guess, then wait" if first_is_guess else "steps, then wait"
-    return "steps, then commit" if guesses(text) else "steps to the end"
+    if guesses(text):
+        return "steps, then commit"
+    return "steps to the end" if len(think.split(" ")) >= n_steps(problem) else "steps, then stop"
 
 
 @torch.no_grad()
@@ -58,7 +61,7 @@ def ways(model, tok, problems, *, k: int = 8, temperature: float = 1.0, seed: in
         _, texts = complete(model, tok, [prompt(p) for p in batch], stop="</answer>", num_samples=k,
                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, generator=gen)
         for row, text in enumerate(texts):
-            right[way(text)].append(score(batch[row // k], text))
+            right[way(batch[row // k], text)].append(score(batch[row // k], text))
     n = sum(len(v) for v in right.values())
     return {w: (len(v) / n, sum(v) / len(v)) for w, v in sorted(right.items(), key=lambda kv: -len(kv[1]))}
 
