@@ -3,9 +3,13 @@ miniature) and, with a loss on completion tokens only, any SFT model (R1 §2.3, 
 rejection-sampling SFT).
 
 The loss is V3's: next-token cross-entropy + lambda/D * sum of the MTP depths' losses + the tiny
-sequence-wise balance loss. AdamW (beta2 0.95, weight decay 0.1 as in V3), linear warm-up then cosine
-decay to min_lr_frac * lr, gradient clipping at 1.0, and the aux-loss-free MoE bias update after
-every optimizer step from that step's expert loads.
+sequence-wise balance loss. AdamW (beta2 0.95, weight decay 0.1 as in V3), gradient clipping at 1.0,
+and the aux-loss-free MoE bias update after every optimizer step from that step's expert loads.
+
+The schedule is V3's shape (§4.2): linear warm-up, a constant lr, a cosine decay to min_lr_frac * lr. The
+constant phase lasts until the skill appears: pre-training checks the held-out greedy accuracy at each
+evaluation and, once it reaches decay_at_greedy, runs the decay and then the final mix (fewer worked
+solutions, at the lowest lr) and stops (docs/traps.md, "A skill that appears at an unknown step").
 
 In one process, a step's batch runs as one or two micro-batches of similar lengths (length_groups: less padding),
 their losses weighted back to the whole batch's and their gradients summed.
