@@ -249,7 +249,10 @@ def cmd_sft(args, world=None):
     from train import TrainConfig, check_sft_pairs, read_jsonl, sft_batches, train_lm
 
     world = world or World()
-    cfg = config_from_args(TrainConfig, args, completion_only=True, decay_at_greedy=0.0, final_mix_steps=0)
+    # SFT: one data mix and no skill gate; the lr decays all along unless --decay-steps says otherwise
+    steps = args.steps if args.steps is not None else TrainConfig.steps
+    cfg = config_from_args(TrainConfig, args, completion_only=True, decay_at_greedy=0.0, final_mix_steps=0,
+                           **({} if args.decay_steps is not None else {"decay_steps": steps}))
     pairs = read_jsonl(args.data)
     device = world.pick_device(args.device)
     args.run = default_run(args.init, "sft", args.run)

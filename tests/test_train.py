@@ -689,3 +689,21 @@ def test_pretrain_batches_pure_function_of_seed_and_step():
     b = pretrain_batches(cfg)
     assert b(5) == b(5) and b(5) != b(6)
     assert pretrain_batches(TrainConfig(batch_size=4, seed=3, difficulty=2))(5) != b(5)
+
+
+def test_sft_command_decays_all_along_with_one_mix(valid_run, tmp_path):
+    """`r1.py sft` has no skill gate and no final mix, and its lr decays over all its steps unless
+    --decay-steps says otherwise (the pre-training defaults would hold the lr and then drop it)."""
+    import r1
+    run, _ = valid_run
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": prompt(p), "completion": completion(p)}) + "\n"
+                            for p in eval_set("add", 4)))
+    out = tmp_path / "sft"
+    assert r1.main(["sft", "--data", str(data), "--init", str(run), "--run", str(out), "--steps", "4",
+                    "--batch-size", "2", "--warmup", "0", "--eval-every", "0", "--eval-n", "2", "--ckpt-every", "0",
+                    "--device", "cpu", "--quiet"]) == 0
+    cfg = json.loads((out / "config.json").read_text())["sft"]
+    assert (cfg["decay_steps"], cfg["final_mix_steps"], cfg["decay_at_greedy"]) == (4, 0, 0.0)
+    lrs = [r["lr"] for r in runs.Metrics(out / "metrics.jsonl").read() if "lr" in r]
+    assert len(lrs) == 4 and all(a > b for a, b in zip(lrs, lrs[1:]))      # a decay from the first step
