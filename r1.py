@@ -250,9 +250,9 @@ def cmd_sft(args, world=None):
 
     world = world or World()
     # SFT: one data mix and no skill gate; the lr decays all along unless --decay-steps says otherwise
-    steps = args.steps if args.steps is not None else TrainConfig.steps
-    cfg = config_from_args(TrainConfig, args, completion_only=True, decay_at_greedy=0.0, final_mix_steps=0,
-                           **({} if args.decay_steps is not None else {"decay_steps": steps}))
+    cfg = config_from_args(TrainConfig, args, completion_only=True, decay_at_greedy=0.0, final_mix_steps=0)
+    if args.decay_steps is None:
+        cfg = dataclasses.replace(cfg, decay_steps=cfg.steps)
     pairs = read_jsonl(args.data)
     device = world.pick_device(args.device)
     args.run = default_run(args.init, "sft", args.run)

@@ -447,6 +447,7 @@ def rollout_stats(ro: Rollout, parts, tok, G: int) -> dict:
     fmt = torch.tensor([p["format"] for p in parts])
     consistency = torch.tensor([p["consistency"] for p in parts])
     grouped = ro.rewards.view(-1, G)
+    reflections = torch.tensor([float(reflection_count(t)) for t in ro.texts])  # reflective words per completion
     mean_or_none = lambda x, m: float(x[m].mean()) if m.any() else None  # noqa: E731
     return {
         "reward": float(ro.rewards.mean()), "accuracy": float(acc.mean()), "format": float(fmt.mean()),
@@ -455,9 +456,8 @@ def rollout_stats(ro: Rollout, parts, tok, G: int) -> dict:
         "truncated": float(ro.truncated.float().mean()),
         "completion_len": float(lens.mean()), "think_len": float(think.mean()),
         "len_correct": mean_or_none(lens, acc > 0), "len_wrong": mean_or_none(lens, acc == 0),
-        "reflection": sum(reflection_count(t) for t in ro.texts) / len(ro.texts),
-        "wait_after_guess": mean_or_none(torch.tensor([float(reflection_count(t) > 0) for t in ro.texts]),
-                                         torch.tensor([guesses(t) for t in ro.texts])),
+        "reflection": float(reflections.mean()),
+        "wait_after_guess": mean_or_none((reflections > 0).float(), torch.tensor([guesses(t) for t in ro.texts])),
     }
 
 
