@@ -97,10 +97,10 @@ def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: fl
              greedy: bool = True, max_new_tokens: int = 96, seed: int = 0, batch_rows: int = 256,
              progress: bool = False) -> dict:
     """Per task and overall: pass@1, cons@k, pass@k (k samples), greedy accuracy, format rate,
-    mean thinking and completion length, the reflection rate (share of samples whose thinking holds a
-    reflective word), the accuracy of reflective and other samples, the share of reflections that
-    fix a wrong guess (reflect_fixes), and of the samples that guess, the share that then reflect
-    (wait_after_guess). Returns {"tasks": {task: {...}}, "overall": {...},
+    mean thinking and completion length (len; len_right and len_wrong: of right and of wrong answers),
+    the reflection rate (share of samples whose thinking holds a reflective word), the accuracy of
+    reflective and other samples, the share of reflections that fix a wrong guess (reflect_fixes), and
+    of the samples that guess, the share that then reflect (wait_after_guess). Returns {"tasks": {task: {...}}, "overall": {...},
     "examples": [(prompt, completion, correct), ...] (a few, for text dumps)}.
     progress=True prints a line after each batch of problems (samples done, time, ETA): the default
     protocol takes over a minute on a CPU, silence that long looks like a hang."""
@@ -146,6 +146,7 @@ def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: fl
                 if m["think_len"][-1] == 0:
                     m["acc_no_think"].append(correct[-1])
                 m["len"].append(len(gen_ids))
+                (m["len_right"] if correct[-1] else m["len_wrong"]).append(len(gen_ids))  # Dr. GRPO's length bias
                 m["truncated"].append(float(out.truncated[row]))
                 if s == 0 and len(examples) < 8:
                     examples.append((prompt(p), text, correct[-1]))

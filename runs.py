@@ -654,10 +654,11 @@ def save_run_files(run: Path, model_cfg: ModelConfig, tok: Tokenizer, stage: str
                                             **(extra or {})})
 
 
-def check_resume_config(run: Path, model_cfg: ModelConfig, stage_cfg: dict, stage: str):
+def check_resume_config(run: Path, model_cfg: ModelConfig, stage_cfg: dict, stage: str, dry: bool = False):
     """On --resume, the stored configs must equal the ones asked for: otherwise the run would
     silently continue as something else. One difference is allowed, and said: more --steps than the
-    run was started with extends it (config.json then records the new number)."""
+    run was started with extends it (config.json then records the new number; not with `dry`, which
+    only checks)."""
     stored = read_json(run / "config.json")
     want = json.loads(json.dumps(stage_cfg))
     have = stored.get(stage)
@@ -665,7 +666,7 @@ def check_resume_config(run: Path, model_cfg: ModelConfig, stage_cfg: dict, stag
             {k: v for k, v in have.items() if k != "steps"} != {k: v for k, v in want.items() if k != "steps"}:
         raise R1Error(f"--resume: the options differ from those {run} was started with (see its config.json); "
                       f"resume with the same options or start a new --run")
-    if want.get("steps") != have.get("steps"):
+    if want.get("steps") != have.get("steps") and not (dry and want["steps"] > have["steps"]):
         if want["steps"] < have["steps"]:
             raise R1Error(f"--resume: {run} was started with --steps {have['steps']}; resume with that many, "
                           f"or more to extend it")

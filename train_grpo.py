@@ -93,6 +93,7 @@ class GRPOConfig:
     max_completion_length: int = 80
     format_weight: float = 1.0  # R1: accuracy + format, equal weights; 0 = Dr. GRPO (no format reward)
     consistency_weight: float = 0.0  # R1's language-consistency reward (toy: readable steps); 0 = R1-Zero
+    reward: str = "rules"  # "rules" (the rewards above); controls: "format" (format only), "random" (a coin flip)
     dynamic_sampling: bool = True  # DAPO: drop groups whose rewards are all equal (no signal)
     refill_rounds: int = 0  # DAPO: up to N more rounds of B prompts while fewer than B groups have signal
     mask_truncated_completions: bool = False  # DAPO overlong filtering: no loss on truncated samples
@@ -122,6 +123,7 @@ class GRPOConfig:
             (self.epsilon > 0 and self.epsilon_high >= 0, "--epsilon must be > 0 and --epsilon-high >= 0"),
             (self.loss_type in ("grpo", "dapo", "dr_grpo"), "--loss-type must be grpo, dapo or dr_grpo"),
             (self.scale_rewards in ("group", "none"), "--scale-rewards must be group or none"),
+            (self.reward in ("rules", "format", "random"), "--reward must be rules, format or random"),
             (self.num_iterations >= 1 and self.num_minibatches >= 1, "--num-iterations and --num-minibatches must be >= 1"),
             (self.microbatch_size >= 1, "--microbatch-size must be >= 1"),
             (self.temperature > 0, "--temperature must be > 0 for RL rollouts"),
@@ -369,6 +371,12 @@ def rollout(model, tok, cfg: GRPOConfig, step: int, device, world: World | None 
         rs.append(r)
         parts.append(part)
     r = torch.tensor(rs)
+    # the controls (r1.py sweep): a reward that cannot tell right from wrong. The parts keep the real
+    # accuracy, so the logs still show what the model learns
+    if cfg.reward == "format":
+        r = torch.tensor([part["format"] for part in parts])
+    elif cfg.reward == "random":  # 1 or 0 with even odds, blind to the text; from the group's own generator,
+        r = torch.cat([(torch.rand(G, generator=g, device=device) < 0.5).float().cpu() for g in gens])  # any ranks
     ro = Rollout(tokens=torch.cat([out.prompt, out.tokens], 1), pad_mask=torch.cat([out.prompt_mask, torch.ones_like(out.mask)], 1),
                  completion_mask=out.mask, old_logp=out.logprobs.float(), rewards=r,
                  advantages=group_advantages(r, G, cfg.scale_rewards), truncated=out.truncated, texts=texts,
