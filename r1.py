@@ -14,6 +14,8 @@
     python r1.py recipe --zero runs/zero            the full R1 recipe after R1-Zero (recipe.py): Dev1,
                                                     Dev2, Dev3, R1, distillation, the two tables
     python r1.py rejection-sample runs/recipe/dev2 --out runs/dev3.jsonl   verified training answers for SFT
+    python r1.py sweep --init runs/zero/base        GRPO arms (controls, KL, loss types, DAPO) x 3 seeds from
+                                                    one base: a table of mean +- std and a figure (sweep.py)
     python r1.py distill --teacher runs/recipe/r1 --student-preset student   distilled vs RL-only student
     python r1.py export runs/zero/rl --hf out/     a Hugging Face DeepSeek-V3 folder (interop.py)
     python r1.py import out/ --out runs/imported    and back, from any local DeepSeek-V3-format folder
@@ -120,6 +122,8 @@ CONFIG_HELP = {
         "max_completion_length": "most tokens per completion (>= 1; prompt + this must fit the model's max_seq_len)",
         "format_weight": "weight of the format reward next to accuracy's 1 (R1: 1; 0 = none, Dr. GRPO)",
         "consistency_weight": "weight of the readability (language-consistency) reward (>= 0; 0 = R1-Zero)",
+        "reward": "rules (accuracy + format as weighted above, R1), or a control that cannot tell right from "
+                  "wrong: format (the format reward alone) or random (1 or 0 with even odds, blind to the text)",
         "dynamic_sampling": "drop groups whose rewards are all equal, they carry no signal (DAPO; true/false)",
         "refill_rounds": "DAPO's refill: up to N more rounds of prompts while fewer than prompts-per-step groups "
                          "carry signal (0-16; 0 = drop only)",
@@ -162,6 +166,15 @@ CONFIG_HELP = {
         "eval_k": "samples per held-out problem in every evaluation, at T=0.6 and top-p 0.95 (>= 1)",
         "eval_n": "held-out problems per task in every evaluation (>= 1)",
         "smoke": "tiny stages for tests: every code path runs, the numbers mean nothing (true/false)",
+    },
+    "SweepConfig": {
+        "arms": "the arms to run, comma-separated (default: all; see sweep.py): default, random-reward, format-only, "
+                "kl-0.04, kl-0.001, grpo, dr-grpo, no-std, no-dynamic-sampling, minibatches-4, clip-higher",
+        "seeds": "seeds per arm, 0 to N-1 (1..100)",
+        "steps": "GRPO steps per cell (>= 1)",
+        "eval_every": "held-out evaluation (and checkpoint) every N steps, for the curves; always at the end (>= 1)",
+        "n": "held-out problems per task in every evaluation (>= 1)",
+        "k": "samples per held-out problem (pass@1, cons@k at T=0.6; >= 1)",
     },
     "RejectionConfig": {
         "n_prompts": "distinct training prompts per task (>= 1)",
@@ -509,6 +522,20 @@ def cmd_zero(args):
          overwrite=args.overwrite, quiet=args.quiet)
 
 
+def cmd_sweep(args):
+    """A grid of GRPO arms x seeds from one base (sweep.py)."""
+    from runs import pick_device
+    from sweep import SMOKE, SweepConfig, sweep
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SweepConfig) if getattr(args, f.name, None) is not None}
+    try:
+        cfg = SweepConfig(**((SMOKE if args.smoke else {}) | given))
+    except ValueError as e:
+        raise R1Error(str(e)) from None
+    sweep(args.run, args.init, cfg, pick_device(args.device), resume=args.resume, overwrite=args.overwrite,
+          quiet=args.quiet)
+
+
 def cmd_plot(args):
     from report import plot_run
     from runs import read_json
@@ -688,6 +715,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from model import PRESETS
     from recipe import RecipeConfig, RejectionConfig
+    from sweep import SweepConfig
     from train import TrainConfig
     from train_grpo import GRPOConfig
 
@@ -729,6 +757,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", required=True, help="run directory to start from (a base or SFT model)")
     add_config_args(p, GRPOConfig)
     p.set_defaults(fn=cmd_grpo)
+
+    p = sub.add_parser("sweep", help="GRPO arms (controls, KL, loss types, DAPO) x seeds from one base, with "
+                                     "error bars (sweep.py)")
+    add_run_args(p, "runs/sweep")
+    p.add_argument("--init", default="runs/zero/base", help="the base every cell starts from (default %(default)s, "
+                                                            "the story's)")
+    p.add_argument("--smoke", action="store_true", help="two seeds of every arm, a few tiny steps each (for tests)")
+    add_config_args(p, SweepConfig, skip=("grpo",))
+    p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("plot", help="redraw a run's plots from its metrics")
     p.add_argument("run", help="run directory (its metrics.jsonl; a story run also gives the base's accuracy)")
