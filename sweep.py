@@ -8,9 +8,9 @@ reports each arm as the mean and spread over its seeds. Cells of one seed share 
 
     arm                   change from the story's GRPO            the question
     default               -                                       the gain of the real reward
-    random-reward         reward = a coin flip per completion     is the gain from the verifier? ("spurious
-    format-only           reward = the format reward only           rewards": a random reward also "helps" a
-                                                                    contaminated 7B model)
+    random-reward         reward = a coin flip per completion     is the gain from the verifier? (the
+    format-only           reward = the format reward only           "spurious rewards" result: a random reward
+                                                                    lifted a 7B model 21 points on math)
     kl-0.04               beta 0.04 (TRL's old default)           does a KL penalty hold RL back?
     kl-0.001              beta 0.001 (R1)
     grpo                  loss_type grpo (R1, DeepSeekMath)       length bias (Dr. GRPO §3): per-sequence
@@ -19,6 +19,8 @@ reports each arm as the mean and spread over its seeds. Cells of one seed share 
     no-dynamic-sampling   dynamic_sampling false                  groups with equal rewards kept (DAPO)
     minibatches-4         num_minibatches 4 (R1: 16)              4 updates a rollout: the ratio leaves 1
     clip-higher           as minibatches-4, epsilon_high 0.28     more room for rare tokens to rise (DAPO)
+    random-minibatches-4  as minibatches-4, reward random         with the clip binding, does a random reward
+                                                                    still only add noise?
 
 With one mini-batch and one epoch (the story's GRPO) every update is on-policy: the ratio is exactly 1,
 the clip never binds, and clip-higher would change nothing; so clip-higher is measured against its own
@@ -36,7 +38,7 @@ the clip fraction over training and the GRPO time. Mean +- sample standard devia
 
 RUN/ARM/seedS is an ordinary GRPO run (`r1.py eval`, `ask`, `plot` work on it) with result.json; RUN holds
 sweep.json (every cell), sweep.md (the table) and sweep.png (held-out pass@1 and wrong-answer length vs
-step, a band of +-1 std around each arm's mean).
+step, one panel per question, a band of +-1 std around each arm's mean).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ ARMS: dict[str, dict] = {
     # the clip bounds act only on updates after a rollout's first one: the story's one mini-batch has ratio 1
     "minibatches-4": {"num_minibatches": 4},
     "clip-higher": {"num_minibatches": 4, "epsilon_high": 0.28},
+    "random-minibatches-4": {"reward": "random", "num_minibatches": 4},
 }
 
 
@@ -198,36 +201,55 @@ def format_sweep(summary: dict, seeds: dict[str, int], k: int) -> str:
     return "\n".join(lines)
 
 
+# the figure's panels: (title, the evaluation's key, the arms drawn)
+PANELS = [
+    ("controls: rewards blind to the answer", "pass@1", ["default", "random-reward", "format-only", "random-minibatches-4"]),
+    ("a KL penalty against the base", "pass@1", ["default", "kl-0.04", "kl-0.001"]),
+    ("DAPO's pieces", "pass@1", ["default", "no-dynamic-sampling", "minibatches-4", "clip-higher"]),
+    ("loss aggregation: length of wrong answers", "len_wrong", ["default", "grpo", "dr-grpo", "no-std"]),
+]
+
+
+def curve(cs: list[dict], task: str, key: str) -> tuple[list, list, list]:
+    """(steps, mean, std) over an arm's seeds of one evaluation key, the base at step 0."""
+    points = {}  # step -> the seeds' values
+    for c in cs:
+        points.setdefault(0, []).append(c["base"][task].get(key))
+        for r in c["curve"]:
+            points.setdefault(r["step"], []).append(r[task].get(key))
+    stats = [(step, v) for step in sorted(points) if (v := mean_std(points[step])) is not None]
+    return [s for s, _ in stats], [v[0] for _, v in stats], [v[1] for _, v in stats]
+
+
 def plot_sweep(cells: dict[str, list[dict]], task: str, path: Path) -> Path:
-    """Held-out pass@1 and the length of wrong answers vs GRPO step: each arm's mean over seeds, and a
-    band of +-1 std (the base at step 0)."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    """Held-out pass@1 (and the length of wrong answers) vs GRPO step, one panel per question: each arm's
+    mean over its seeds and a band of +-1 std (the base at step 0)."""
+    panels = [(title, key, [a for a in arms if a in cells]) for title, key, arms in PANELS]
+    panels = [p for p in panels if p[2]]
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 3.9 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     colors = plt.get_cmap("tab10")
-    for i, (arm, cs) in enumerate(cells.items()):
-        for ax, key in zip(axes, ("pass@1", "len_wrong")):
-            points = {}  # step -> values over seeds
-            for c in cs:
-                points.setdefault(0, []).append(c["base"][task].get(key))
-                for r in c["curve"]:
-                    points.setdefault(r["step"], []).append(r[task].get(key))
-            xs, ms, ss = [], [], []
-            for step in sorted(points):
-                if (v := mean_std(points[step])) is not None:
-                    xs.append(step), ms.append(v[0]), ss.append(v[1])
-            ax.plot(xs, ms, color=colors(i % 10), lw=1.8, label=arm)
-            ax.fill_between(xs, [m - s for m, s in zip(ms, ss)], [m + s for m, s in zip(ms, ss)],
-                            color=colors(i % 10), alpha=0.15, lw=0)
-    axes[0].set_ylabel(f"held-out pass@1, {task} (T=0.6)")
-    axes[0].set_ylim(0, 1.02)
-    axes[1].set_ylabel("completion length of wrong answers (tokens)")
-    for ax in axes:
+    for ax, (title, key, arms) in zip(axes.flat, panels):
+        for j, arm in enumerate(arms):
+            xs, ms, ss = curve(cells[arm], task, key)
+            color = "black" if arm == "default" else colors(j)
+            ax.plot(xs, ms, color=color, lw=1.8, label=arm)
+            ax.fill_between(xs, [m - s for m, s in zip(ms, ss)], [m + s for m, s in zip(ms, ss)], color=color,
+                            alpha=0.15, lw=0)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("GRPO step")
+        ax.set_ylabel(f"held-out pass@1, {task} (T=0.6)" if key == "pass@1" else "tokens in a wrong answer")
+        if key == "pass@1":
+            ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right", ncol=2)
+        ax.legend(fontsize=7, loc="best")
     n = max(len(cs) for cs in cells.values())
     fig.suptitle(f"GRPO arms from one base: mean and ±1 std over {n} seed{'s' * (n > 1)}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
