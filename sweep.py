@@ -29,7 +29,8 @@ baseline with four mini-batches, whose later updates are off-policy.
 The story's defaults (train_grpo.py) are token-level loss (dapo), group std scaling, beta 0, no clip-higher,
 dynamic sampling on. Per cell the table has the held-out evaluation after RL (R1's protocol, evaluate.py:
 pass@1 and cons@k over k samples at T=0.6), its gain over the base evaluated with the same seed, the
-completion length of right and of wrong answers, the reflection rate, the KL from the base (kl_to_base),
+completion length of right and of wrong answers (held out, and in the last quarter of the training
+rollouts at T=1, where wrong answers are many), the reflection rate, the KL from the base (kl_to_base),
 the clip fraction over training and the GRPO time. Mean +- sample standard deviation over seeds.
 
     python r1.py sweep --init runs/zero/base                    the whole grid, 3 seeds (runs/sweep)
@@ -131,9 +132,12 @@ def cell_result(cell: Path, base, tok, cfg: GRPOConfig, device) -> dict:
                       f"and run the sweep again with --resume")
     model, _, _ = load_run(cell, device)
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    last = steps[-max(1, len(steps) // 4):]  # the last quarter of the training rollouts (T = 1, many wrong answers)
     return {"steps": cfg.steps, "final": evals[-1]["eval"],
             "curve": [{"step": r["step"], **{t: {k: v.get(k) for k in ("pass@1", "len_wrong", "len")}  # None: no such sample
                                              for t, v in r["eval"].items()}} for r in evals],
+            "rollouts": {k: [r.get(k) for r in steps] for k in ("step", "accuracy", "len_wrong", "think_len")},
+            "rollout_len_wrong": mean([r["len_wrong"] for r in last if r.get("len_wrong") is not None]),
             "clip_frac": mean([r["clip_frac"] for r in steps if r.get("clip_frac") is not None]),
             "kl": mean([r["kl"] for r in steps if r.get("kl") is not None]),
             "rl_s": sum(r["step_s"] for r in steps),
@@ -163,6 +167,7 @@ COLUMNS = [
     ("format", lambda c, t: c["final"][t]["format"], True),
     ("len right", lambda c, t: c["final"][t].get("len_right"), False),
     ("len wrong", lambda c, t: c["final"][t].get("len_wrong"), False),
+    ("len wrong, rollouts", lambda c, t: c["rollout_len_wrong"], False),
     ("think", lambda c, t: c["final"][t]["think_len"], False),
     ("reflect", lambda c, t: c["final"][t]["reflect"], True),
     ("KL base", lambda c, t: c["kl_to_base"], False),
@@ -206,14 +211,22 @@ PANELS = [
     ("controls: rewards blind to the answer", "pass@1", ["default", "random-reward", "format-only", "random-minibatches-4"]),
     ("a KL penalty against the base", "pass@1", ["default", "kl-0.04", "kl-0.001"]),
     ("DAPO's pieces", "pass@1", ["default", "no-dynamic-sampling", "minibatches-4", "clip-higher"]),
-    ("loss aggregation: length of wrong answers", "len_wrong", ["default", "grpo", "dr-grpo", "no-std"]),
+    ("loss aggregation: length of wrong answers", "rollouts len_wrong", ["default", "grpo", "dr-grpo", "no-std"]),
 ]
 
 
 def curve(cs: list[dict], task: str, key: str) -> tuple[list, list, list]:
-    """(steps, mean, std) over an arm's seeds of one evaluation key, the base at step 0."""
+    """(steps, mean, std) over an arm's seeds of one evaluation key, the base at step 0; or, for a key
+    "rollouts KEY", of the training rollouts' KEY averaged over windows of a tenth of the steps."""
     points = {}  # step -> the seeds' values
     for c in cs:
+        if key.startswith("rollouts "):
+            steps, values = c["rollouts"]["step"], c["rollouts"][key.split()[1]]
+            w = max(1, len(steps) // 10)
+            for i in range(0, len(steps), w):
+                window = mean_std(values[i:i + w])  # None when no rollout of the window had such an answer
+                points.setdefault(steps[min(i + w, len(steps)) - 1], []).append(window and window[0])
+            continue
         points.setdefault(0, []).append(c["base"][task].get(key))
         for r in c["curve"]:
             points.setdefault(r["step"], []).append(r[task].get(key))
@@ -241,7 +254,7 @@ def plot_sweep(cells: dict[str, list[dict]], task: str, path: Path) -> Path:
                             alpha=0.15, lw=0)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("GRPO step")
-        ax.set_ylabel(f"held-out pass@1, {task} (T=0.6)" if key == "pass@1" else "tokens in a wrong answer")
+        ax.set_ylabel(f"held-out pass@1, {task} (T=0.6)" if key == "pass@1" else "tokens in a wrong answer (rollouts, T=1)")
         if key == "pass@1":
             ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
