@@ -127,7 +127,7 @@ def test_table_rows_are_means_and_spreads_of_the_cells():
         return {"base": {"add": {"pass@1": base}}, "final": {"add": {"pass@1": after, "cons@8": after, "format": 1.0,
                                                                      "len_right": 40.0, "len_wrong": wrong,
                                                                      "think_len": 30.0, "reflect": 0.5}},
-                "kl_to_base": 0.02, "clip_frac": 0.01, "rl_s": 60.0}
+                "rollout_len_wrong": 30.0, "kl_to_base": 0.02, "clip_frac": 0.01, "rl_s": 60.0}
     summary = sweep.summarize({"a": [cell(0.3, 0.9, 20.0), cell(0.4, 0.9, None), cell(0.35, 0.95, 30.0)]}, "add")
     row = summary["a"]
     assert row["pass@1"][0] == pytest.approx(0.91666, abs=1e-4)
