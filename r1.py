@@ -79,11 +79,12 @@ CONFIG_HELP = {
         "lr": "peak AdamW learning rate, reached after the warm-up and held, then the decay (> 0)",
         "min_lr_frac": "the cosine decays to lr x this (0 to 1)",
         "warmup": "steps of linear learning-rate warm-up (>= 0)",
-        "decay_steps": "the cosine decay's steps before the final mix: after a constant lr without the skill gate, "
-                       "its rest once the gate fires (>= 1)",
-        "decay_at_greedy": "the skill gate: the lr decays over at most --steps; once held-out greedy accuracy "
-                           "reaches this, the rest of the decay runs in --decay-steps, then the final mix, and the run "
-                           "ends (0 to 1; 0 = a constant lr, then --decay-steps of decay, --steps in all)",
+        "decay_steps": "the lr is constant after the warm-up, then a cosine decay over N steps, ending where the "
+                       "final mix begins (>= 1)",
+        "decay_at_greedy": "hold the lr until held-out greedy accuracy reaches this, then decay and end "
+                           "(0 to 1; 0 = train for --steps; --steps is then a cap)",
+        "decay_by": "with --decay-at-greedy: the decay starts at this step at the latest; without the skill by then "
+                    "it lasts until the final mix at the end of --steps (>= 0; 0 = no deadline)",
         "weight_decay": "AdamW weight decay of the matrices (>= 0; V3: 0.1)",
         "beta1": "AdamW beta1 (0 <= beta1 < 1)",
         "beta2": "AdamW beta2 (0 <= beta2 < 1; V3: 0.95)",
@@ -739,7 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", required=True, help="run directory to start from")
     add_config_args(p, TrainConfig, skip=("completion_only", "tasks", "long_frac", "short_frac", "final_mix_steps",
                                           "final_long_frac", "final_short_frac", "reflect_rate", "difficulty",
-                                          "decay_at_greedy"))
+                                          "decay_at_greedy", "decay_by"))
     p.set_defaults(fn=cmd_sft)
 
     p = sub.add_parser("zero", help="(the default) the whole R1-Zero story on the tiny config")

@@ -6,12 +6,12 @@ The loss is V3's: next-token cross-entropy + lambda/D * sum of the MTP depths' l
 sequence-wise balance loss. AdamW (beta2 0.95, weight decay 0.1 as in V3), gradient clipping at 1.0,
 and the aux-loss-free MoE bias update after every optimizer step from that step's expert loads.
 
-The schedule: linear warm-up, then a cosine decay to min_lr_frac * lr, then the final mix (fewer worked
-solutions) at the lowest lr. Pre-training checks the held-out greedy accuracy at each evaluation; the
-cosine is drawn over the whole of `steps` (a cap), and once the accuracy reaches decay_at_greedy the rest
-of it is compressed into decay_steps, followed by the final mix, and the run stops (docs/traps.md, "A
-skill that appears at an unknown step": a seed meets the skill early or late, and some never learn it at
-a constant lr, so V3's constant-then-decay shape (§4.2) is used only without the gate).
+The schedule is V3's shape (§4.2): linear warm-up, a constant lr, a cosine decay to min_lr_frac * lr. The
+constant phase lasts until the skill appears: pre-training checks the held-out greedy accuracy at each
+evaluation and, once it reaches decay_at_greedy, runs the decay and then the final mix (fewer worked
+solutions, at the lowest lr) and stops (docs/traps.md, "A skill that appears at an unknown step"). When
+the skill has not appeared by step decay_by, the lr decays from there over the rest of `steps` anyway:
+some seeds never learn it at the full lr, and do while it falls.
 
 In one process, a step's batch runs as one or two micro-batches of similar lengths (length_groups: less padding),
 their losses weighted back to the whole batch's and their gradients summed.
@@ -54,7 +54,7 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
     warmup: int = 50
-    decay_steps: int = 300  # the cosine's length without the gate (after a constant lr, V3 §4.2), or its rest after it
+    decay_steps: int = 300  # V3 §4.2's shape: constant lr after the warm-up, then a cosine over decay_steps steps
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -72,10 +72,12 @@ class TrainConfig:
     final_short_frac: float = 0.6
     reflect_rate: float = 0.2  # share of early stops written REFLECT: guess, " wait", the rest (data/corpus.py)
     difficulty: int | None = None  # None = each task's default
-    # > 0: the skill gate. The lr decays over the whole of `steps` (a cap) until the held-out greedy accuracy
-    # (checked every eval_every steps; never when that is 0) reaches this, then the rest of the decay runs in
-    # decay_steps, then the final mix, and the run ends (0 = no gate: a constant lr, the decay, `steps` in all)
+    # > 0: hold the lr until the held-out greedy accuracy (checked every eval_every steps; never when that is 0)
+    # reaches this, then end the run with the decay and the final mix; `steps` is then a cap (0 = always `steps`)
     decay_at_greedy: float = 0.3
+    # with decay_at_greedy: the decay starts here at the latest; without the skill by then, it lasts until the
+    # final mix at the end of `steps` (0 = hold the lr for the skill until decay_steps before that)
+    decay_by: int = 700
     eval_every: int = 100  # held-out loss and greedy accuracy every N steps (0 = only at the end)
     eval_n: int = 50  # held-out problems per task for those evaluations
     ckpt_every: int = 300
@@ -99,6 +101,8 @@ class TrainConfig:
             raise R1Error(f"--min-lr-frac must be in [0, 1], got {self.min_lr_frac}")
         if self.decay_steps < 1:
             raise R1Error(f"--decay-steps must be >= 1, got {self.decay_steps}")
+        if self.decay_by < 0:
+            raise R1Error(f"--decay-by must be >= 0, got {self.decay_by}")
         if not 0 <= self.decay_at_greedy <= 1:
             raise R1Error(f"--decay-at-greedy must be in [0, 1], got {self.decay_at_greedy}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1) or self.weight_decay < 0 or self.grad_clip <= 0:
@@ -113,27 +117,27 @@ class TrainConfig:
             raise R1Error(str(e)) from None
 
 
-def lr_at(step: int, cfg: TrainConfig, end: int | None = None) -> float:
-    """Linear warm-up over `warmup` steps, a cosine from lr to lr * min_lr_frac, then lr * min_lr_frac
-    for the last `final_mix_steps` steps before `end`, which train on the final mix. `end` is cfg.steps,
-    or earlier when the skill appeared (end_after_skill).
-
-    With the skill gate (gated(cfg)) the cosine runs from the warm-up to the final mix: over the whole
-    cap, or, once the gate moved `end`, with its rest compressed into decay_steps (the lr steps down at
-    the gate). Without it, V3's shape (§4.2): a constant lr, then the cosine over the last decay_steps
-    steps before the final mix."""
+def lr_at(step: int, cfg: TrainConfig, end: int | None = None, start: int | None = None) -> float:
+    """Linear warm-up over `warmup` steps, a constant lr, a cosine from lr to lr * min_lr_frac over
+    `decay_steps` steps (V3 §4.2: constant, then cosine decay), then lr * min_lr_frac for the last
+    `final_mix_steps` steps before `end`, which train on the final mix. `end` is cfg.steps, or earlier
+    when the skill appeared (TrainConfig.decay_at_greedy): a constant lr can stop anywhere, so the run
+    needs to know its length only when it starts to decay. `start` (decay_start): a decay that begins
+    earlier, at that step, and lasts until the final mix."""
     end = cfg.steps if end is None else end
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     decay_end = end - cfg.final_mix_steps
-    start = cfg.warmup if gated(cfg) else max(cfg.warmup, decay_end - cfg.decay_steps)
+    start = max(cfg.warmup, min(decay_end - cfg.decay_steps, decay_end if start is None else start))
     progress = max(0, step - start) / max(1, decay_end - start)
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def gated(cfg: TrainConfig) -> bool:
-    """Whether the skill gate can end the run early (decay_at_greedy, checked at every evaluation)."""
-    return bool(cfg.decay_at_greedy and cfg.eval_every)
+def decay_start(skill_at: int | None, cfg: TrainConfig) -> int | None:
+    """The step the decay starts at when the skill gate's deadline decides it (the skill had not appeared
+    by cfg.decay_by), else None (lr_at's own: decay_steps before the final mix)."""
+    gated = cfg.decay_at_greedy and cfg.eval_every and cfg.decay_by
+    return cfg.decay_by if gated and skill_at is None else None
 
 
 def end_after_skill(step: int | None, cfg: TrainConfig) -> int:
@@ -338,7 +342,7 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
         n_global = world.all_reduce_sum(n_targets.float())  # the step's targets, over all ranks
         # 2. forward and backward (gradients add up over the micro-batches)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg, end)
+            g["lr"] = lr_at(step, cfg, end, decay_start(skill_at, cfg))
         model.reset_expert_load()
         parts = 0
         for tokens, targets in micro:
@@ -359,7 +363,7 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
         parts = world.all_reduce_mean(parts.float()).tolist()
         tokens_seen += int(n_global)
         tps = tokens_seen / (time.perf_counter() - t0)
-        last = {"step": step + 1, "loss": parts[0], "mtp": parts[1:-1], "balance": parts[-1], "lr": lr_at(step, cfg, end),
+        last = {"step": step + 1, "loss": parts[0], "mtp": parts[1:-1], "balance": parts[-1], "lr": lr_at(step, cfg, end, decay_start(skill_at, cfg)),
                 "grad_norm": float(getattr(gnorm, "full_tensor", lambda: gnorm)()),  # FSDP: a DTensor
                 "load_max_over_mean": model.load_imbalance(load), "tokens_per_s": tps}
         if world.is_main:
@@ -379,9 +383,9 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
                     progress.message(f"  eval @ {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
                     last |= ev
                     greedy = torch.tensor(res["overall"]["pass@1"])
-            # the skill gate: once greedy accuracy reaches decay_at_greedy, the rest of the decay and the final
-            # mix run in the steps that remain (every rank learns rank 0's greedy accuracy)
-            if gated(cfg) and skill_at is None and not done:
+            # the skill gate: once greedy accuracy reaches decay_at_greedy, the lr decays and the final
+            # mix runs for the steps that remain (every rank learns rank 0's greedy accuracy)
+            if cfg.decay_at_greedy and skill_at is None and not done and not (cfg.decay_by and step + 1 > cfg.decay_by):
                 if float(world.all_reduce_sum(greedy)) >= cfg.decay_at_greedy:
                     skill_at = step + 1
                     end = end_after_skill(skill_at, cfg)
@@ -389,8 +393,13 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
                     if world.is_main:
                         metrics.log(stage=stage, step=step + 1, skill_at=step + 1, end=end)
                     progress.message(f"  greedy accuracy reached {cfg.decay_at_greedy:g} at step {step + 1}: "
-                                     f"the rest of the decay, then the final mix, until step {end}")
+                                     f"the lr decays and the final mix runs until step {end}")
                     done = step + 1 == end
+        if decay_start(skill_at, cfg) == step + 1 and not done:  # the gate's deadline: decay without the skill
+            if world.is_main:
+                metrics.log(stage=stage, step=step + 1, decay_from=step + 1, end=end)
+            progress.message(f"  no greedy accuracy of {cfg.decay_at_greedy:g} by step {step + 1}: the lr decays from here "
+                             f"until step {end - cfg.final_mix_steps}, then the final mix until {end}")
         if (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0) or done:
             world.save_checkpoint(run, step + 1, model, opt, {"rng": rng_state(), "step": step + 1, "stage": stage,
                                                              "skill_at": skill_at, "config": model.cfg.to_dict(),

@@ -467,9 +467,9 @@ def test_load_run_missing_or_corrupt_tokenizer(valid_run):
 
 def test_skill_gate_ends_the_run_with_the_decay_and_resumes_exactly(tok, tmp_path, monkeypatch):
     """decay_at_greedy: the first evaluation whose greedy accuracy reaches it moves the end to that step +
-    the decay and the final mix (here 6 + 3 + 2 = 11 of at most 20); the rest of the cosine runs in the 3
-    steps, the last 2 batches are the final mix at the lowest lr, the checkpoint keeps the step, and a run
-    interrupted after the gate and resumed ends with the same weights as the straight one."""
+    the decay and the final mix (here 6 + 3 + 2 = 11 of at most 20); the lr decays over the 3 steps, the
+    last 2 batches are the final mix at the lowest lr, the checkpoint keeps the step, and a run interrupted
+    after the gate and resumed ends with the same weights as the straight one."""
     cfg = TrainConfig(steps=20, batch_size=4, lr=3e-3, warmup=1, decay_steps=3, final_mix_steps=2, eval_every=2,
                       eval_n=4, ckpt_every=2, decay_at_greedy=0.5, seed=3)
     calls = greedy_from(monkeypatch, 3)  # greedy accuracy 0, 0, then 1.0 from the third evaluation
@@ -481,10 +481,9 @@ def test_skill_gate_ends_the_run_with_the_decay_and_resumes_exactly(tok, tmp_pat
     rows = list(runs.Metrics(a / "metrics.jsonl").read())
     assert [r for r in rows if "skill_at" in r] == [{"stage": "pretrain", "step": 6, "skill_at": 6, "end": 11}]
     lrs = [r["lr"] for r in rows if "lr" in r]
-    # the cosine over the cap until the gate (the evaluation after step 6), then its rest over 3 steps
-    assert lrs == pytest.approx([lr_at(s, cfg, end=20) for s in range(6)] + [lr_at(s, cfg, end=11) for s in range(6, 11)])
-    assert all(x > y for x, y in zip(lrs[1:9], lrs[2:9])) and lrs[6] < 0.6 * lrs[5]  # it steps down at the gate
-    assert lrs[9:] == pytest.approx([3e-4] * 2)                                      # the final mix at the lowest lr
+    assert lrs == pytest.approx([lr_at(s, cfg, end=11) for s in range(11)])
+    assert lrs[:7] == pytest.approx([3e-3] * 7) and lrs[8] < lrs[7] < 3e-3      # held, then the decay
+    assert lrs[9:] == pytest.approx([3e-4] * 2)                                  # the final mix at the lowest lr
     assert load_checkpoint(a)["skill_at"] == 6 and recipe_finished(a, cfg)
     final = pretrain_batches(cfg)
     eleven = pretrain_batches(TrainConfig(**{**vars(cfg), "steps": 11}))
@@ -498,22 +497,25 @@ def test_skill_gate_ends_the_run_with_the_decay_and_resumes_exactly(tok, tmp_pat
     assert all(torch.equal(sa[k], sr[k]) for k in sa)
 
 
-def test_without_the_skill_the_decay_spans_the_cap_and_resumes_exactly(tok, tmp_path, monkeypatch):
-    """A gate that never fires: the cosine runs from the warm-up to the final mix at the end of `steps`
-    (here 1..18, then 2 steps of the mix), and a run interrupted in the middle resumes to the same weights."""
+def test_skill_gate_deadline_decays_without_the_skill_and_resumes_exactly(tok, tmp_path, monkeypatch):
+    """decay_by: with no greedy accuracy of decay_at_greedy by that step, the lr decays from there until the
+    final mix at the end of `steps` (here from 6 to 18, then 2 steps of the mix); a skill that appears later
+    no longer moves the end; a run interrupted after the deadline resumes to the same weights."""
     cfg = TrainConfig(steps=20, batch_size=4, lr=3e-3, warmup=1, decay_steps=3, final_mix_steps=2, eval_every=2,
-                      eval_n=4, ckpt_every=2, decay_at_greedy=0.5, seed=3)
-    calls = greedy_from(monkeypatch, 99)
+                      eval_n=4, ckpt_every=2, decay_at_greedy=0.5, decay_by=6, seed=3)
+    calls = greedy_from(monkeypatch, 5)  # greedy accuracy 0 until after the deadline (step 10), then 1.0
     a = tmp_path / "a"
     model_a = make_run(a, tok, cfg, seed=3)
     last = train_lm(a, model_a, tok, cfg, pretrain_batches(cfg), CPU, quiet=True)
     assert last["step"] == 20
     rows = list(runs.Metrics(a / "metrics.jsonl").read())
-    assert not [r for r in rows if "skill_at" in r]
+    assert [r for r in rows if "decay_from" in r or "skill_at" in r] == [
+        {"stage": "pretrain", "step": 6, "decay_from": 6, "end": 20}]
     lrs = [r["lr"] for r in rows if "lr" in r]
-    assert lrs == pytest.approx([lr_at(s, cfg) for s in range(20)])
-    assert lrs[1] == pytest.approx(3e-3) and lrs[10] == pytest.approx(3e-4 + 2.7e-3 * 0.5 * (1 + math.cos(math.pi * 9 / 17)))
-    assert all(x > y for x, y in zip(lrs[1:18], lrs[2:18])) and lrs[18:] == pytest.approx([3e-4] * 2)
+    assert lrs == pytest.approx([lr_at(s, cfg, 20, start=6) for s in range(20)])
+    assert lrs[:7] == pytest.approx([3e-3] * 7)                                   # held until the deadline
+    assert lrs[12] == pytest.approx(3e-4 + 2.7e-3 * 0.5)                          # half way through 6..18
+    assert all(x > y for x, y in zip(lrs[6:18], lrs[7:18])) and lrs[18:] == pytest.approx([3e-4] * 2)
     assert load_checkpoint(a)["skill_at"] is None and recipe_finished(a, cfg)
 
     calls.clear()
@@ -578,31 +580,26 @@ def test_lr_schedule_by_hand():
 
 
 def test_lr_schedule_constant_then_decay():
-    """V3's shape, without the skill gate: after the warm-up the lr holds, then a cosine over the last
-    decay_steps steps before the end."""
-    cfg = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=30, final_mix_steps=0,
-                      decay_at_greedy=0)  # 80..110
+    """V3's shape: after the warm-up the lr holds, then a cosine over the last decay_steps steps before the end."""
+    cfg = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=30, final_mix_steps=0)  # 80..110
     assert [lr_at(s, cfg) for s in (10, 50, 80)] == [pytest.approx(2.0)] * 3
     assert lr_at(95, cfg) == pytest.approx(0.2 + 1.8 * 0.5)  # half way through the decay
     assert lr_at(110, cfg) == pytest.approx(0.2)
-    whole = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=100, final_mix_steps=0,
-                        decay_at_greedy=0)
+    whole = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=100, final_mix_steps=0)
     assert lr_at(50, cfg) > lr_at(50, whole)  # a higher lr in the middle of training
     # a run that ends early (the skill gate) decays over the same number of steps before its own end
     assert [lr_at(s, cfg, end=60) for s in (29, 30, 45, 60)] == pytest.approx([2.0, 2.0, 1.1, 0.2])
     # the final mix comes after the decay, at the lowest lr: decay over 60..90, then 0.2 until 110
-    mixed = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=30, final_mix_steps=20,
-                        decay_at_greedy=0)
+    mixed = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=30, final_mix_steps=20)
     assert [lr_at(s, mixed) for s in (59, 60, 75, 90, 109)] == pytest.approx([2.0, 2.0, 1.1, 0.2, 0.2])
 
 
-def test_lr_schedule_with_the_skill_gate():
-    """With the gate the cosine runs from the warm-up to the final mix at the end of the cap; once the
-    gate moved the end, its rest is compressed into decay_steps (the lr steps down there)."""
-    cfg = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=30, final_mix_steps=20)  # 10..90
-    assert [lr_at(s, cfg) for s in (9, 10, 50, 90, 109)] == pytest.approx([2.0, 2.0, 1.1, 0.2, 0.2])
-    assert [lr_at(s, cfg, end=60) for s in (10, 25, 40, 59)] == pytest.approx([2.0, 1.1, 0.2, 0.2])  # 10..40
-    assert lr_at(20, cfg, end=60) < lr_at(20, cfg)
+def test_lr_schedule_with_an_earlier_decay_start():
+    """start: the decay begins there (the skill gate's deadline) and lasts until the final mix; a start later
+    than the usual one changes nothing."""
+    cfg = TrainConfig(steps=110, warmup=10, lr=2.0, min_lr_frac=0.1, decay_steps=30, final_mix_steps=20)
+    assert [lr_at(s, cfg, start=30) for s in (29, 30, 60, 90, 109)] == pytest.approx([2.0, 2.0, 1.1, 0.2, 0.2])
+    assert [lr_at(s, cfg, start=80) for s in range(110)] == pytest.approx([lr_at(s, cfg) for s in range(110)])
 
 
 def test_lr_schedule_without_warmup():
