@@ -83,8 +83,6 @@ CONFIG_HELP = {
                        "final mix begins (>= 1)",
         "decay_at_greedy": "hold the lr until held-out greedy accuracy reaches this, then decay and end "
                            "(0 to 1; 0 = train for --steps; --steps is then a cap)",
-        "decay_by": "with --decay-at-greedy: the decay starts at this step at the latest; without the skill by then "
-                    "it lasts until the final mix at the end of --steps (>= 0; 0 = no deadline)",
         "weight_decay": "AdamW weight decay of the matrices (>= 0; V3: 0.1)",
         "beta1": "AdamW beta1 (0 <= beta1 < 1)",
         "beta2": "AdamW beta2 (0 <= beta2 < 1; V3: 0.95)",
@@ -171,8 +169,7 @@ CONFIG_HELP = {
     },
     "SweepConfig": {
         "arms": "the arms to run, comma-separated (default: all; see sweep.py): default, random-reward, format-only, "
-                "kl-0.04, kl-0.001, grpo, dr-grpo, no-std, no-dynamic-sampling, minibatches-4, clip-higher, "
-                "random-minibatches-4",
+                "kl-0.04, kl-0.001, grpo, dr-grpo, no-std, no-dynamic-sampling, minibatches-4, clip-higher",
         "seeds": "seeds per arm, 0 to N-1 (1..100)",
         "steps": "GRPO steps per cell (>= 1)",
         "eval_every": "held-out evaluation (and checkpoint) every N steps, for the curves; always at the end (>= 1)",
@@ -740,7 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", required=True, help="run directory to start from")
     add_config_args(p, TrainConfig, skip=("completion_only", "tasks", "long_frac", "short_frac", "final_mix_steps",
                                           "final_long_frac", "final_short_frac", "reflect_rate", "difficulty",
-                                          "decay_at_greedy", "decay_by"))
+                                          "decay_at_greedy"))
     p.set_defaults(fn=cmd_sft)
 
     p = sub.add_parser("zero", help="(the default) the whole R1-Zero story on the tiny config")

@@ -180,11 +180,9 @@ def zero(run, *, seed: int = 0, preset_name: str = "tiny", k: int = 8, n: int = 
                 check_resume_config(stage_dir, model_cfg, asdict(cfg), stage)
 
     # 1. the base model (pre-training on the task corpus; resumed, or skipped when finished)
-    length = f"{pre.steps} steps"
-    if pre.decay_at_greedy and pre.eval_every:
-        length = (f"until greedy accuracy reaches {pre.decay_at_greedy:g}, then {pre.decay_steps} steps of decay and "
-                  f"{pre.final_mix_steps} of the final mix; " + (f"without it by step {pre.decay_by}, a decay from there "
-                  f"and the final mix until step {pre.steps}" if pre.decay_by else f"at most {pre.steps}"))
+    length = (f"until greedy accuracy reaches {pre.decay_at_greedy:g}, then {pre.decay_steps} steps of decay and "
+              f"{pre.final_mix_steps} of the final mix; at most {pre.steps}" if pre.decay_at_greedy and pre.eval_every
+              else f"{pre.steps} steps")
     print(f"== 1/4 pre-training the base model ({length}) -> {base_dir}")
     pretrain_stage(base_dir, model_cfg, pre, device, quiet, preset_name)
     model, tok, _ = load_run(base_dir, device)

@@ -9,9 +9,7 @@ and the aux-loss-free MoE bias update after every optimizer step from that step'
 The schedule is V3's shape (§4.2): linear warm-up, a constant lr, a cosine decay to min_lr_frac * lr. The
 constant phase lasts until the skill appears: pre-training checks the held-out greedy accuracy at each
 evaluation and, once it reaches decay_at_greedy, runs the decay and then the final mix (fewer worked
-solutions, at the lowest lr) and stops (docs/traps.md, "A skill that appears at an unknown step"). When
-the skill has not appeared by step decay_by, the lr decays from there over the rest of `steps` anyway:
-some seeds never learn it at the full lr, and do while it falls.
+solutions, at the lowest lr) and stops (docs/traps.md, "A skill that appears at an unknown step").
 
 In one process, a step's batch runs as one or two micro-batches of similar lengths (length_groups: less padding),
 their losses weighted back to the whole batch's and their gradients summed.
@@ -49,7 +47,7 @@ from runs import (MAX_EVAL_N, Metrics, Progress, R1Error, World, autocast, check
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000  # optimizer steps; with decay_at_greedy, the most the run may take
+    steps: int = 2400  # optimizer steps; with decay_at_greedy, the most the run may take
     batch_size: int = 64
     lr: float = 3e-3
     min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
@@ -75,9 +73,6 @@ class TrainConfig:
     # > 0: hold the lr until the held-out greedy accuracy (checked every eval_every steps; never when that is 0)
     # reaches this, then end the run with the decay and the final mix; `steps` is then a cap (0 = always `steps`)
     decay_at_greedy: float = 0.3
-    # with decay_at_greedy: the decay starts here at the latest; without the skill by then, it lasts until the
-    # final mix at the end of `steps` (0 = hold the lr for the skill until decay_steps before that)
-    decay_by: int = 700
     eval_every: int = 100  # held-out loss and greedy accuracy every N steps (0 = only at the end)
     eval_n: int = 50  # held-out problems per task for those evaluations
     ckpt_every: int = 300
@@ -101,8 +96,6 @@ class TrainConfig:
             raise R1Error(f"--min-lr-frac must be in [0, 1], got {self.min_lr_frac}")
         if self.decay_steps < 1:
             raise R1Error(f"--decay-steps must be >= 1, got {self.decay_steps}")
-        if self.decay_by < 0:
-            raise R1Error(f"--decay-by must be >= 0, got {self.decay_by}")
         if not 0 <= self.decay_at_greedy <= 1:
             raise R1Error(f"--decay-at-greedy must be in [0, 1], got {self.decay_at_greedy}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1) or self.weight_decay < 0 or self.grad_clip <= 0:
@@ -117,27 +110,19 @@ class TrainConfig:
             raise R1Error(str(e)) from None
 
 
-def lr_at(step: int, cfg: TrainConfig, end: int | None = None, start: int | None = None) -> float:
+def lr_at(step: int, cfg: TrainConfig, end: int | None = None) -> float:
     """Linear warm-up over `warmup` steps, a constant lr, a cosine from lr to lr * min_lr_frac over
     `decay_steps` steps (V3 §4.2: constant, then cosine decay), then lr * min_lr_frac for the last
     `final_mix_steps` steps before `end`, which train on the final mix. `end` is cfg.steps, or earlier
     when the skill appeared (TrainConfig.decay_at_greedy): a constant lr can stop anywhere, so the run
-    needs to know its length only when it starts to decay. `start` (decay_start): a decay that begins
-    earlier, at that step, and lasts until the final mix."""
+    needs to know its length only when it starts to decay."""
     end = cfg.steps if end is None else end
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     decay_end = end - cfg.final_mix_steps
-    start = max(cfg.warmup, min(decay_end - cfg.decay_steps, decay_end if start is None else start))
+    start = max(cfg.warmup, decay_end - cfg.decay_steps)
     progress = max(0, step - start) / max(1, decay_end - start)
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-
-def decay_start(skill_at: int | None, cfg: TrainConfig) -> int | None:
-    """The step the decay starts at when the skill gate's deadline decides it (the skill had not appeared
-    by cfg.decay_by), else None (lr_at's own: decay_steps before the final mix)."""
-    gated = cfg.decay_at_greedy and cfg.eval_every and cfg.decay_by
-    return cfg.decay_by if gated and skill_at is None else None
 
 
 def end_after_skill(step: int | None, cfg: TrainConfig) -> int:
@@ -342,7 +327,7 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
         n_global = world.all_reduce_sum(n_targets.float())  # the step's targets, over all ranks
         # 2. forward and backward (gradients add up over the micro-batches)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg, end, decay_start(skill_at, cfg))
+            g["lr"] = lr_at(step, cfg, end)
         model.reset_expert_load()
         parts = 0
         for tokens, targets in micro:
@@ -363,7 +348,7 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
         parts = world.all_reduce_mean(parts.float()).tolist()
         tokens_seen += int(n_global)
         tps = tokens_seen / (time.perf_counter() - t0)
-        last = {"step": step + 1, "loss": parts[0], "mtp": parts[1:-1], "balance": parts[-1], "lr": lr_at(step, cfg, end, decay_start(skill_at, cfg)),
+        last = {"step": step + 1, "loss": parts[0], "mtp": parts[1:-1], "balance": parts[-1], "lr": lr_at(step, cfg, end),
                 "grad_norm": float(getattr(gnorm, "full_tensor", lambda: gnorm)()),  # FSDP: a DTensor
                 "load_max_over_mean": model.load_imbalance(load), "tokens_per_s": tps}
         if world.is_main:
@@ -385,7 +370,7 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
                     greedy = torch.tensor(res["overall"]["pass@1"])
             # the skill gate: once greedy accuracy reaches decay_at_greedy, the lr decays and the final
             # mix runs for the steps that remain (every rank learns rank 0's greedy accuracy)
-            if cfg.decay_at_greedy and skill_at is None and not done and not (cfg.decay_by and step + 1 > cfg.decay_by):
+            if cfg.decay_at_greedy and skill_at is None and not done:
                 if float(world.all_reduce_sum(greedy)) >= cfg.decay_at_greedy:
                     skill_at = step + 1
                     end = end_after_skill(skill_at, cfg)
@@ -395,11 +380,6 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
                     progress.message(f"  greedy accuracy reached {cfg.decay_at_greedy:g} at step {step + 1}: "
                                      f"the lr decays and the final mix runs until step {end}")
                     done = step + 1 == end
-        if decay_start(skill_at, cfg) == step + 1 and not done:  # the gate's deadline: decay without the skill
-            if world.is_main:
-                metrics.log(stage=stage, step=step + 1, decay_from=step + 1, end=end)
-            progress.message(f"  no greedy accuracy of {cfg.decay_at_greedy:g} by step {step + 1}: the lr decays from here "
-                             f"until step {end - cfg.final_mix_steps}, then the final mix until {end}")
         if (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0) or done:
             world.save_checkpoint(run, step + 1, model, opt, {"rng": rng_state(), "step": step + 1, "stage": stage,
                                                              "skill_at": skill_at, "config": model.cfg.to_dict(),
