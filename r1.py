@@ -169,7 +169,8 @@ CONFIG_HELP = {
     },
     "SweepConfig": {
         "arms": "the arms to run, comma-separated (default: all; see sweep.py): default, random-reward, format-only, "
-                "kl-0.04, kl-0.001, grpo, dr-grpo, no-std, no-dynamic-sampling, minibatches-4, clip-higher",
+                "kl-0.04, kl-0.001, grpo, dr-grpo, no-std, no-dynamic-sampling, minibatches-4, clip-higher, "
+                "random-minibatches-4",
         "seeds": "seeds per arm, 0 to N-1 (1..100)",
         "steps": "GRPO steps per cell (>= 1)",
         "eval_every": "held-out evaluation (and checkpoint) every N steps, for the curves; always at the end (>= 1)",
