@@ -100,8 +100,8 @@ def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: fl
     mean thinking and completion length (len; len_right and len_wrong: of right and of wrong answers),
     the reflection rate (share of samples whose thinking holds a reflective word), the accuracy of
     reflective and other samples, the share of reflections that fix a wrong guess (reflect_fixes), and
-    of the samples that guess, the share that then reflect (wait_after_guess). Returns {"tasks": {task: {...}}, "overall": {...},
-    "examples": [(prompt, completion, correct), ...] (a few, for text dumps)}.
+    of the samples that guess, the share that then reflect (wait_after_guess). Returns {"tasks": {task:
+    {...}}, "overall": {...}, "examples": [(prompt, completion, correct), ...] (a few, for text dumps)}.
     progress=True prints a line after each batch of problems (samples done, time, ETA): the default
     protocol takes over a minute on a CPU, silence that long looks like a hang."""
     bar = Progress(len(problems) * k, "evaluating: samples", every=1, quiet=not progress)

@@ -168,9 +168,7 @@ CONFIG_HELP = {
         "smoke": "tiny stages for tests: every code path runs, the numbers mean nothing (true/false)",
     },
     "SweepConfig": {
-        "arms": "the arms to run, comma-separated (default: all; see sweep.py): default, random-reward, format-only, "
-                "kl-0.04, kl-0.001, grpo, dr-grpo, no-std, no-dynamic-sampling, minibatches-4, clip-higher, "
-                "random-minibatches-4",
+        "arms": "the arms to run, comma-separated, out of those of the default (what each changes: sweep.py)",
         "seeds": "seeds per arm, 0 to N-1 (1..100)",
         "steps": "GRPO steps per cell (>= 1)",
         "eval_every": "held-out evaluation (and checkpoint) every N steps, for the curves; always at the end (>= 1)",

@@ -300,8 +300,8 @@ def sweep(run, init, cfg: SweepConfig, device, *, resume: bool = False, overwrit
                 write_json_atomic(path, ev["tasks"])
             bases[seed] = read_json(path)
             if not quiet:
-                print(f"  base, seed {seed}: pass@1 " + ", ".join(f"{tk} {100 * v['pass@1']:.1f}%" for tk, v in bases[seed].items()),
-                      flush=True)
+                p1 = ", ".join(f"{tk} {100 * v['pass@1']:.1f}%" for tk, v in bases[seed].items())
+                print(f"  base, seed {seed}: pass@1 {p1}", flush=True)
         t, ran = time.perf_counter(), not (run / arm / f"seed{seed}" / "result.json").exists()
         result = run_cell(init, run / arm / f"seed{seed}", base, tok, cfg.cell(arm, seed), device, quiet=True)
         result["base"] = bases[seed]
@@ -321,8 +321,9 @@ def sweep(run, init, cfg: SweepConfig, device, *, resume: bool = False, overwrit
     write_json_atomic(meta, {"init": origin, "config": asdict(cfg), "task": task,
                              "summary": {a: {n: v and list(v) for n, v in row.items()} for a, row in summary.items()},
                              "cells": {a: cs for a, cs in cells.items()}})
-    write_text_atomic(run / "sweep.md", f"# GRPO sweep from {init}\n\nHeld-out {task}: {cfg.n} problems x {cfg.k} samples "
-                      f"at T=0.6 after {cfg.steps} GRPO steps; mean ± std over seeds.\n\n{table}\n\n![sweep](sweep.png)\n")
+    write_text_atomic(run / "sweep.md", f"# GRPO sweep from {init}\n\nHeld-out {task}: {cfg.n} problems x {cfg.k} "
+                      f"samples at T=0.6 after {cfg.steps} GRPO steps; mean ± std over seeds.\n\n{table}\n\n"
+                      f"![sweep](sweep.png)\n")
     print(f"\n{table}\n\nwrote {run / 'sweep.md'}, {meta} and {figure} ({time.perf_counter() - t0:.0f} s)")
     return {"summary": summary, "cells": cells, "table": table}
 

@@ -171,8 +171,3 @@ def test_format_only_reward_is_the_format_part(tok, monkeypatch):
 def test_bad_reward_name():
     with pytest.raises(train_grpo.R1Error, match="--reward"):
         GRPOConfig(reward="vibes")
-
-
-def test_every_arm_is_named_in_the_help():
-    import r1
-    assert all(arm in r1.CONFIG_HELP["SweepConfig"]["arms"] for arm in sweep.ARMS)
