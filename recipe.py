@@ -177,7 +177,7 @@ def zero(run, *, seed: int = 0, preset_name: str = "tiny", k: int = 8, n: int = 
     if resume:  # the story's stages must continue with the options they were started with
         for stage_dir, stage, cfg in ((base_dir, "pretrain", pre), (rl_dir, "grpo", rl)):
             if (stage_dir / "config.json").exists():
-                check_resume_config(stage_dir, model_cfg, asdict(cfg), stage)
+                check_resume_config(stage_dir, model_cfg, cfg, stage)
 
     # 1. the base model (pre-training on the task corpus; resumed, or skipped when finished)
     length = (f"until greedy accuracy reaches {pre.decay_at_greedy:g}, then {pre.decay_steps} steps of decay and "

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -597,7 +597,7 @@ def open_run(path, stage: str, model_cfg: ModelConfig, stage_cfg, device, new, *
     world = world or World()
     run = world.on_main(prepare_run_dir, path, resume=resume, overwrite=overwrite, sources=sources)
     if resume and (run / "config.json").exists():
-        world.on_main(check_resume_config, run, model_cfg, asdict(stage_cfg), stage)
+        world.on_main(check_resume_config, run, model_cfg, stage_cfg, stage)
     if resume and has_checkpoint(run):
         return (run, *world.load_run(run, device))
     model, tok = new()
@@ -654,14 +654,18 @@ def save_run_files(run: Path, model_cfg: ModelConfig, tok: Tokenizer, stage: str
                                             **(extra or {})})
 
 
-def check_resume_config(run: Path, model_cfg: ModelConfig, stage_cfg: dict, stage: str, dry: bool = False):
-    """On --resume, the stored configs must equal the ones asked for: otherwise the run would
-    silently continue as something else. One difference is allowed, and said: more --steps than the
-    run was started with extends it (config.json then records the new number; not with `dry`, which
-    only checks)."""
+def check_resume_config(run: Path, model_cfg: ModelConfig, stage_cfg, stage: str, dry: bool = False):
+    """On --resume, the stored configs must equal the ones asked for (`stage_cfg`, a config dataclass):
+    otherwise the run would silently continue as something else. A field the stored config lacks (a
+    run made before the field existed) counts as its default, the behaviour from before it. One
+    difference is allowed, and said: more --steps than the run was started with extends it (config.json
+    then records the new number; not with `dry`, which only checks)."""
     stored = read_json(run / "config.json")
-    want = json.loads(json.dumps(stage_cfg))
+    want = json.loads(json.dumps(asdict(stage_cfg)))
     have = stored.get(stage)
+    if isinstance(have, dict):
+        defaults = {f.name: f.default for f in fields(stage_cfg) if f.default is not MISSING}
+        have = json.loads(json.dumps({k: v for k, v in defaults.items() if k not in have})) | have
     if stored.get("model") != model_cfg.to_dict() or not isinstance(have, dict) or \
             {k: v for k, v in have.items() if k != "steps"} != {k: v for k, v in want.items() if k != "steps"}:
         raise R1Error(f"--resume: the options differ from those {run} was started with (see its config.json); "

@@ -282,7 +282,7 @@ def sweep(run, init, cfg: SweepConfig, device, *, resume: bool = False, overwrit
         raise R1Error(f"{run} is a sweep from {read_json(meta).get('init')}, not from {origin}; pick another --run")
     for arm, seed in todo:
         if (run / arm / f"seed{seed}" / "config.json").exists():
-            check_resume_config(run / arm / f"seed{seed}", base.cfg, asdict(cfg.cell(arm, seed)), "grpo", dry=True)
+            check_resume_config(run / arm / f"seed{seed}", base.cfg, cfg.cell(arm, seed), "grpo", dry=True)
     if not meta.exists():
         write_json_atomic(meta, {"init": origin, "config": asdict(cfg), "cells": {}})
     tasks = cfg.cell(cfg.arms[0], 0).tasks

@@ -2,6 +2,7 @@
 end-to-end run on a trivially learnable reward, exact resume, and the R1-Zero pipeline in smoke mode."""
 
 import copy
+import dataclasses
 import json
 import math
 from dataclasses import replace
@@ -413,3 +414,15 @@ def test_any_seed_in_range_samples(tok):
     cfg = GRPOConfig(prompts_per_step=2, num_generations=2, max_completion_length=4, seed=2**31 - 1)
     ro, *_ = rollout(small_model(tok), tok, cfg, step=10**6, device=torch.device("cpu"))
     assert len(ro.texts) == 4
+
+
+def test_a_run_from_before_a_new_option_resumes_with_its_default(tok, tmp_path):
+    """config.json of a run made before GRPOConfig.reward existed: resuming with the default (the old
+    behaviour) is allowed, asking for another value is the usual "options differ" error."""
+    from runs import R1Error, check_resume_config, save_run_files
+    model = small_model(tok)
+    old = {k: v for k, v in dataclasses.asdict(GRPOConfig()).items() if k != "reward"}
+    save_run_files(tmp_path, model.cfg, tok, "grpo", old)
+    check_resume_config(tmp_path, model.cfg, GRPOConfig(), "grpo")
+    with pytest.raises(R1Error, match="options differ"):
+        check_resume_config(tmp_path, model.cfg, GRPOConfig(reward="random"), "grpo")
