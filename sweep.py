@@ -144,15 +144,16 @@ def cell_result(cell: Path, base, tok, cfg: GRPOConfig, device) -> dict:
             "kl_to_base": kl_to_base(model, base, tok, cfg, device)}
 
 
-def run_cell(init: Path, cell: Path, base, tok, cfg: GRPOConfig, device, quiet: bool) -> dict:
-    """GRPO for one cell (resumed or skipped as recipe.grpo_stage does) and its result.json."""
+def run_cell(init: Path, cell: Path, base, tok, cfg: GRPOConfig, device, quiet: bool) -> tuple[dict, bool]:
+    """GRPO for one cell (resumed or skipped as recipe.grpo_stage does) and its result.json ->
+    (the result, whether any work was done)."""
     done = cell / "result.json"
-    if done.exists() and read_json(done).get("steps") == cfg.steps:
-        return read_json(done)  # finished (more --steps than before extend the cell)
+    if done.exists() and (result := read_json(done)).get("steps") == cfg.steps:
+        return result, False  # finished (more --steps than before extend the cell)
     grpo_stage(init, cell, cfg, device, quiet)
     result = cell_result(cell, base, tok, cfg, device)
     write_json_atomic(done, result)
-    return result
+    return result, True
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,7 +274,8 @@ def sweep(run, init, cfg: SweepConfig, device, *, resume: bool = False, overwrit
     sweep.json, sweep.md and sweep.png in `run`."""
     init = Path(init)
     base, tok, _ = load_run(init, device)
-    cfg.cell(cfg.arms[0], 0).check_fits(base.cfg)
+    first = cfg.cell(cfg.arms[0], 0)  # what every cell shares: tasks, difficulty, completion length
+    first.check_fits(base.cfg)
     run = prepare_run_dir(run, resume=resume, overwrite=overwrite, sources=(init,))
     t0, todo = time.perf_counter(), [(a, s) for a in cfg.arms for s in range(cfg.seeds)]
     # everything checked before anything is written: the same base, and every cell begun already has its settings
@@ -285,8 +287,8 @@ def sweep(run, init, cfg: SweepConfig, device, *, resume: bool = False, overwrit
             check_resume_config(run / arm / f"seed{seed}", base.cfg, cfg.cell(arm, seed), "grpo", dry=True)
     if not meta.exists():
         write_json_atomic(meta, {"init": origin, "config": asdict(cfg), "cells": {}})
-    tasks = cfg.cell(cfg.arms[0], 0).tasks
-    problems = eval_problems(tasks, cfg.n, cfg.cell(cfg.arms[0], 0).difficulty)
+    tasks = first.tasks
+    problems = eval_problems(tasks, cfg.n, first.difficulty)
     if not quiet:
         print(f"sweep: {len(cfg.arms)} arms x {cfg.seeds} seeds = {len(todo)} GRPO runs of {cfg.steps} steps from "
               f"{init} -> {run} (finished cells are skipped)", flush=True)
@@ -296,14 +298,14 @@ def sweep(run, init, cfg: SweepConfig, device, *, resume: bool = False, overwrit
             path = run / f"base-seed{seed}.json"
             if not path.exists():
                 ev = evaluate(base, tok, problems, k=cfg.k, greedy=False, seed=seed,
-                              max_new_tokens=cfg.cell(arm, seed).max_completion_length)
+                              max_new_tokens=first.max_completion_length)
                 write_json_atomic(path, ev["tasks"])
             bases[seed] = read_json(path)
             if not quiet:
                 p1 = ", ".join(f"{tk} {100 * v['pass@1']:.1f}%" for tk, v in bases[seed].items())
                 print(f"  base, seed {seed}: pass@1 {p1}", flush=True)
-        t, ran = time.perf_counter(), not (run / arm / f"seed{seed}" / "result.json").exists()
-        result = run_cell(init, run / arm / f"seed{seed}", base, tok, cfg.cell(arm, seed), device, quiet=True)
+        t = time.perf_counter()
+        result, ran = run_cell(init, run / arm / f"seed{seed}", base, tok, cfg.cell(arm, seed), device, quiet=True)
         result["base"] = bases[seed]
         cells[arm].append(result)
         if ran:
