@@ -21,7 +21,7 @@ from collections import defaultdict
 import torch
 
 import rewards
-from data import Problem, completion, prompt
+from data import Problem, countdown, full_completion, prompt
 from runs import Progress
 from sampler import complete
 
@@ -99,8 +99,9 @@ def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: fl
     """Per task and overall: pass@1, cons@k, pass@k (k samples), greedy accuracy, format rate,
     mean thinking and completion length (len; len_right and len_wrong: of right and of wrong answers),
     the reflection rate (share of samples whose thinking holds a reflective word), the accuracy of
-    reflective and other samples, the share of reflections that fix a wrong guess (reflect_fixes), and
-    of the samples that guess, the share that then reflect (wait_after_guess). Returns {"tasks": {task:
+    reflective and other samples, the share of reflections that fix a wrong guess (reflect_fixes), of
+    the samples that guess, the share that then reflect (wait_after_guess), and for countdown the
+    attempts a sample tries (attempts). Returns {"tasks": {task:
     {...}}, "overall": {...}, "examples": [(prompt, completion, correct), ...] (a few, for text dumps)}.
     progress=True prints a line after each batch of problems (samples done, time, ETA): the default
     protocol takes over a minute on a CPU, silence that long looks like a hang."""
@@ -123,7 +124,7 @@ def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: fl
         for j, p in enumerate(batch):
             m = per_task[p.task]
             # thinking as long as the worked solution's: the "long mode" of the base model
-            gold_think = thinking_tokens(tok.encode(completion(p)), think_id, end_think_id)
+            gold_think = thinking_tokens(tok.encode(full_completion(p)), think_id, end_think_id)
             correct, answers = [], []
             for s in range(k):
                 row = j * k + s
@@ -145,6 +146,8 @@ def evaluate(model, tok, problems: list[Problem], *, k: int = 8, temperature: fl
                 (m["acc_full_think"] if full else m["acc_part_think"]).append(correct[-1])
                 if m["think_len"][-1] == 0:
                     m["acc_no_think"].append(correct[-1])
+                if p.task == "countdown":  # how long it searched: attempts tried (data/countdown.py)
+                    m["attempts"].append(countdown.attempts(text))
                 m["len"].append(len(gen_ids))
                 (m["len_right"] if correct[-1] else m["len_wrong"]).append(len(gen_ids))  # Dr. GRPO's length bias
                 m["truncated"].append(float(out.truncated[row]))

@@ -518,7 +518,7 @@ def cmd_zero(args):
 
     zero(args.run, seed=args.seed, preset_name=args.preset, k=args.k, n=args.n, smoke=args.smoke,
          skip_base_check=args.skip_base_check, device=pick_device(args.device), resume=args.resume,
-         overwrite=args.overwrite, quiet=args.quiet)
+         overwrite=args.overwrite, quiet=args.quiet, tasks=tuple(_tasks(args.tasks)))
 
 
 def cmd_sweep(args):
@@ -747,6 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "default 8)")
     p.add_argument("--n", type=int, default=100, help="held-out problems per task in the evaluations (>= 1, "
                                                       "default 100)")
+    p.add_argument("--tasks", default="add", help=f"{_TASKS_HELP}; one model learns them all (default add)")
     p.add_argument("--skip-base-check", action="store_true", help="run RL even when the base looks unready")
     p.add_argument("--smoke", action="store_true", help="a few steps of every stage (under 10 s; for tests)")
     p.set_defaults(fn=cmd_zero)

@@ -49,6 +49,13 @@ def plot_run(run: str | Path, base_eval: dict | None = None) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 4))
     ax.plot(x, [r["completion_len"] for r in steps], lw=2, label="completion length")
     ax.plot(x, [r["think_len"] for r in steps], lw=2, label="thinking length (inside <think>)")
+    tried = [(r["step"], r["attempts"]) for r in steps if r.get("attempts") is not None]
+    if tried:  # countdown: how many attempts the search tries (data/countdown.py), on its own axis
+        twin = ax.twinx()
+        twin.plot(*zip(*tried), color="tab:green", lw=2, label="countdown attempts per completion (right axis)")
+        twin.set_ylabel("attempts per completion")
+        twin.set_ylim(0, None)
+        twin.legend(loc="upper left", fontsize=8)
     _save(fig, ax, out / "length.png", "tokens per completion (training rollouts)",
           "Thinking gets longer without being asked to")
 
@@ -88,9 +95,10 @@ def _save(fig, ax, path: Path, ylabel: str, title: str):
 def table_keys(k: int, protocol: bool = False) -> list[str]:
     """The columns of every table r1 prints: R1's protocol (pass@1, cons@k over k samples at T=0.6; with
     `protocol`, `eval`'s full table, also the unbiased pass@k and greedy accuracy), the format and
-    readability rates, how long and how fully the model thinks, and how often it reflects."""
+    readability rates, how long and how fully the model thinks, how often it reflects, and for countdown
+    the attempts its search tries (a column only when a countdown row is in the table)."""
     return ["pass@1", f"cons@{k}", *([f"pass@{k}", "greedy"] if protocol else []), "format", "consistency",
-            "think_len", "full_think", "reflect"]
+            "think_len", "full_think", "reflect", "attempts"]
 
 
 def rows_by_task(results: dict[str, dict]) -> dict[str, dict]:
@@ -99,11 +107,17 @@ def rows_by_task(results: dict[str, dict]) -> dict[str, dict]:
 
 
 def _cell(key: str, v) -> str:
-    return "-" if v is None else (f"{v:.1f}" if "len" in key else f"{100 * v:.1f}%")
+    return "-" if v is None else (f"{v:.1f}" if "len" in key or key == "attempts" else f"{100 * v:.1f}%")
+
+
+def _shown(keys: list[str], rows: dict[str, dict]) -> list[str]:
+    """The keys without "attempts" unless some row has it (a countdown row)."""
+    return [k for k in keys if k != "attempts" or any(r.get(k) is not None for r in rows.values())]
 
 
 def format_table(rows: dict[str, dict], keys: list[str]) -> str:
     """A plain-text table: one row per name, one column per key (percentages for rates)."""
+    keys = _shown(keys, rows)
     name_w = max([18] + [len(name) + 1 for name in rows])
     width = {k: max(11, len(k) + 1) for k in keys}
     lines = [" " * name_w + "".join(f"{k:>{width[k]}}" for k in keys)]
@@ -132,6 +146,7 @@ def format_reflection(rows: dict[str, dict]) -> str:
 
 def markdown_table(rows: dict[str, dict], keys: list[str]) -> str:
     """The same table in Markdown, the task in a column of its own ("name task" row names)."""
+    keys = _shown(keys, rows)
     head = "| model | task | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 2) + "\n"
     lines = []
     for name, r in rows.items():

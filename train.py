@@ -38,7 +38,7 @@ from typing import Callable
 
 import torch
 
-from data import Tokenizer, build_corpus, completion, eval_problems, prompt
+from data import Tokenizer, build_corpus, completion, completion_budget, eval_problems, prompt
 from evaluate import evaluate
 from model import ModelConfig, Transformer
 from runs import (MAX_EVAL_N, Metrics, Progress, R1Error, World, autocast, check_numbers, rng_state, seed_everything,
@@ -362,7 +362,8 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
                 if world.is_main:
                     problems = eval_problems(cfg.tasks, cfg.eval_n, cfg.difficulty)
                     ev = {"heldout_loss": heldout_loss(full, tok, problems, device)}
-                    res = evaluate(full, tok, problems, k=1, temperature=0.0, greedy=False)
+                    res = evaluate(full, tok, problems, k=1, temperature=0.0, greedy=False,
+                                   max_new_tokens=completion_budget(cfg.tasks))
                     ev |= {f"greedy_{t}": r["pass@1"] for t, r in res["tasks"].items()}
                     metrics.log(stage=stage, step=step + 1, eval=ev)
                     progress.message(f"  eval @ {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))

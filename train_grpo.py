@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 
 import rewards
-from data import eval_problems, prompt, sample_problem
+from data import countdown, eval_problems, prompt, sample_problem
 from evaluate import evaluate, guesses, reflection_count, thinking_tokens
 from model import MoE, Transformer
 from runs import (MAX_EVAL_K, MAX_EVAL_N, Metrics, Progress, R1Error, World, autocast, check_numbers, cut_samples_after, rng_state, seed_everything,
@@ -446,7 +446,7 @@ def sample_groups(model, tok, cfg: GRPOConfig, step: int, device, world: World):
     return concat_rollouts(kept, tok.pad_id), first, problems, parts, None
 
 
-def rollout_stats(ro: Rollout, parts, tok, G: int) -> dict:
+def rollout_stats(ro: Rollout, parts, tok, G: int, problems=None) -> dict:
     think_id, end_id = tok.encode("<think>")[0], tok.encode("</think>")[0]
     lens = ro.completion_mask.sum(1).float()
     think = torch.tensor([float(thinking_tokens(ro.tokens[i, ro.prompt_len:][ro.completion_mask[i]].tolist(), think_id, end_id))
@@ -457,6 +457,8 @@ def rollout_stats(ro: Rollout, parts, tok, G: int) -> dict:
     grouped = ro.rewards.view(-1, G)
     reflections = torch.tensor([float(reflection_count(t)) for t in ro.texts])  # reflective words per completion
     mean_or_none = lambda x, m: float(x[m].mean()) if m.any() else None  # noqa: E731
+    # countdown: attempts per completion, how long the search went on (row i answers problems[i // G])
+    tried = [countdown.attempts(t) for i, t in enumerate(ro.texts) if problems and problems[i // G].task == "countdown"]
     return {
         "reward": float(ro.rewards.mean()), "accuracy": float(acc.mean()), "format": float(fmt.mean()),
         "consistency": float(consistency.mean()),
@@ -466,6 +468,7 @@ def rollout_stats(ro: Rollout, parts, tok, G: int) -> dict:
         "len_correct": mean_or_none(lens, acc > 0), "len_wrong": mean_or_none(lens, acc == 0),
         "reflection": float(reflections.mean()),
         "wait_after_guess": mean_or_none((reflections > 0).float(), torch.tensor([guesses(t) for t in ro.texts])),
+        "attempts": sum(tried) / len(tried) if tried else None,
     }
 
 
@@ -625,7 +628,7 @@ def train_grpo(run: Path, model: Transformer, tok, cfg: GRPOConfig, device, stat
         # with DAPO's refill of groups that carry signal when refill_rounds > 0
         ro, first, problems, parts, sampled_routing = sample_groups(model, tok, cfg, step, device, world)
         t_sample = time.perf_counter() - t0
-        stats = rollout_stats(first, parts, tok, G)
+        stats = rollout_stats(first, parts, tok, G, problems)
         # 3.-5. advantages, the clipped loss over mini-batches, the MoE bias update
         upd = grpo_update(model, ref, opt, ro, sampled_routing, cfg, step, device, world)
         # 6. the reference reset, then log (rank 0; rollout statistics averaged over ranks)

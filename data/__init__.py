@@ -13,7 +13,7 @@
 from data.common import TEMPLATE, Problem, Step, prompt
 from data.corpus import build_corpus
 from data.tasks import (DEFAULT_DIFFICULTY, DIFFICULTIES, EVAL_FRACTION, EVAL_SEED, TASKS, answer_text, check_task,
-                        completion, describe, eval_problems, eval_set, harder_level, harder_problems, make_problem, make_problems, n_steps, plain_question,
+                        completion, completion_budget, describe, eval_problems, full_completion, eval_set, harder_level, harder_problems, make_problem, make_problems, n_steps, plain_question,
                         question_task, read_question, sample_problem, solution_steps, split_of)
 from data.tokenizer import Tokenizer, default_tokenizer
 
@@ -22,7 +22,7 @@ __all__ = [
     "TASKS", "DEFAULT_DIFFICULTY", "DIFFICULTIES", "EVAL_FRACTION", "EVAL_SEED", "check_task",
     "make_problem", "make_problems", "sample_problem", "split_of", "eval_set", "eval_problems", "harder_level",
     "harder_problems",
-    "solution_steps", "n_steps", "answer_text", "completion",
+    "solution_steps", "n_steps", "answer_text", "completion", "full_completion", "completion_budget",
     "question_task", "plain_question", "read_question", "describe",
     "build_corpus", "Tokenizer", "default_tokenizer",
 ]

@@ -1,27 +1,34 @@
-"""Task "countdown": reach a target from d given numbers with + - * /, using each number exactly once.
+"""Task "countdown": reach a target from 3-4 given numbers with + - * /, using each number exactly once.
 
-Difficulty d (2..5, default 3) is how many numbers are given. Each number is "large" (25, 50, 75 or 100)
-with probability 1/4, else 1..10, as in the TV game. A problem is made by combining the numbers at
-random, two at a time, into one value, keeping every intermediate result a positive integer of at most
-MAX_VALUE: so a solution always exists and its steps are all whole-number arithmetic. The numbers are
-listed sorted, so two problems with the same numbers and target are the same question.
+The shape of the Countdown-Tasks-3to4 set that TinyZero-style R1-Zero reproductions train on, scaled to a
+model that must do each step's arithmetic in its head: difficulty d (3..6, default 4) gives d-1 or d
+numbers (half each: 3 or 4 at the default), each from 1 to 20, and a target from 1 to 100. A problem is
+made by chaining the numbers in a random order: the first two combined by a random operation, then the
+value so far with each next number, every intermediate result a positive integer of at most MAX_VALUE.
+So every problem has a solution, a chain of whole-number steps. (Countdown-Tasks-3to4 draws numbers up
+to 99 and also allows (a.b).(c.d) shapes and fractions; a chain keeps the one thing a step must carry
+over, the value so far, right before it.) The numbers are listed sorted, so two problems with the same
+numbers and target are the same question.
 
-    question  3 7 25 50 -> 175
-    thinking  50+25=75 75*7=525 525/3=175
-    answer    (50+25)*7/3
+The worked solution is a search. An attempt is a chain that uses every number once; an attempt that
+misses the target is a dead end, its last step marked " no", and the next attempt starts over; the
+attempt that reaches the target is the solution, and the answer writes it as one expression:
 
-Problem.answer is the target ("175"); the completion answers with an expression (Problem.solution),
-which the reward checks: it must use each number once and equal the target. The thinking is the
-solution's steps in evaluation order. Half of the problems (chosen by a hash of the question, so a
-problem always gets the same thinking) first show a dead end: a complete attempt that misses the
-target, marked " no", before the real steps:
+    question  6 11 18 20 -> 33
+    thinking  6*11=66 66-20=46 46+18=64 no 20-11=9 9+18=27 27+6=33
+    answer    20-11+18+6
 
-    question  3 7 25 50 -> 175
-    thinking  50*7=350 350+25=375 375-3=372 no 50+25=75 75*7=525 525/3=175
-    answer    (50+25)*7/3
+Each problem shows 0 to MAX_DEAD_ENDS dead ends first (how many and which by a hash of the question, so
+a problem always gets the same thinking), distinct chains drawn at random. So a model pre-trained on
+these has seen how to search, check each result against the target and go on, but not how long to go
+on: a completion that stops early (the corpus's GRADED and SHORT examples, data/corpus.py) commits to an
+expression it did not verify, which is usually wrong. Trying more attempts is the way to be right more
+often, and that is what RL can find (R1 §2.2.4: thinking grows because it pays). `attempts` counts the
+attempts of a completion, for the curve of search length during RL.
 
-A tiny model cannot really search, so the long mode here is less of an advantage than in "add"; it
-does let the model check each step's value against the target before it commits to an expression.
+How often a random chain hits the target: 16% with 3 numbers, 6% with 4 (averaged over generated
+problems, whose targets are the ones many chains reach). Three distinct random attempts then find a
+solution 38% (3 numbers) and 17% (4) of the time; a model must learn to aim to do better.
 """
 
 import ast
@@ -31,90 +38,103 @@ import re
 
 from data.common import Problem, Step
 
-DEFAULT_DIFFICULTY = 3
-DIFFICULTIES = range(2, 6)
-MAX_VALUE = 999                # bound on the target and every intermediate result
-LARGE = (25, 50, 75, 100)
+DEFAULT_DIFFICULTY = 4
+DIFFICULTIES = range(3, 7)     # difficulty d: d-1 or d numbers
+LOW, HIGH = 1, 20              # range of each given number
+MAX_VALUE = 100                # bound on the target and every intermediate result
+MAX_DEAD_ENDS = 3              # a worked solution shows 0..MAX_DEAD_ENDS failed attempts first
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 _AST_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+_STEP = re.compile(r"\d+[-+*/]\d+=\d+")  # one worked step, "13*4=52"
 
 
 def generate(rng: random.Random, difficulty: int) -> Problem:
-    """Random numbers, combined at random into a positive-integer target (see the module docstring)."""
+    """d-1 or d random numbers, chained at random into a positive-integer target (see the module docstring)."""
     while True:
-        numbers = [rng.choice(LARGE) if rng.random() < 0.25 else rng.randint(1, 10) for _ in range(difficulty)]
-        # Each pool item is (value, expression text, precedence of its top operator; 3 for a number).
-        pool = [(x, str(x), 3) for x in numbers]
-        while len(pool) > 1:
-            i, j = rng.sample(range(len(pool)), 2)
-            ops = _valid_ops(pool[i][0], pool[j][0])
-            if not ops:
-                break
-            op, value = rng.choice(ops)
-            rest = [item for k, item in enumerate(pool) if k not in (i, j)]
-            pool = rest + [_combine(pool[i], pool[j], op, value)]
-        if len(pool) == 1:
-            target, solution, _ = pool[0]
+        numbers = [rng.randint(LOW, HIGH) for _ in range(rng.choice((difficulty - 1, difficulty)))]
+        chain = _random_chain(rng, numbers)
+        if chain is not None:
+            target, solution, _ = chain[-1]
             return _problem(numbers, target, solution)
 
 
 def read(text: str, difficulty: int) -> Problem:
-    """A question typed by a person ("50 25 7 3 -> 175", commas allowed) as `generate` writes it, with a
+    """A question typed by a person ("20 6 18 11 -> 33", commas allowed) as `generate` writes it, with a
     solution found by `solve`; ValueError saying what is asked for anything `generate` could not write."""
     m = re.fullmatch(r"\s*(\d+(?:[\s,]+\d+)*)\s*->\s*(\d+)\s*", text)
     if m is None:
         raise ValueError(f"{text!r} is not a countdown question: this run answers {describe(difficulty)}")
     numbers, target = sorted(int(x) for x in re.split(r"[\s,]+", m.group(1))), int(m.group(2))
-    if len(numbers) != difficulty or not all(1 <= x <= 10 or x in LARGE for x in numbers) \
+    if len(numbers) not in (difficulty - 1, difficulty) or not all(LOW <= x <= HIGH for x in numbers) \
             or not 1 <= target <= MAX_VALUE:
         raise ValueError(f"{text!r} is outside what this run was trained on: it answers {describe(difficulty)}")
     solution = solve(numbers, target)
     if solution is None:
-        raise ValueError(f"{text!r} has no solution with whole-number steps, and this run was trained only on "
-                         f"puzzles that have one")
+        raise ValueError(f"{text!r} has no solution as a chain of whole-number steps of at most {MAX_VALUE}, and "
+                         f"this run was trained only on puzzles that have one")
     return _problem(numbers, target, solution)
 
 
 def solve(numbers: list[int], target: int) -> str | None:
-    """An expression reaching `target` that uses each number once, combining two at a time as `generate`
-    does (every intermediate result a positive integer <= MAX_VALUE); None if there is none.
-    Depth-first over pairs; a multiset of values already seen to fail is not searched again."""
-    failed: set[tuple[int, ...]] = set()
+    """An expression reaching `target` that uses each number once as a chain, the way `generate` builds
+    one (every intermediate result a positive integer <= MAX_VALUE); None if there is none. Depth-first
+    over the next number and operation; a (value, numbers left) already seen to fail is not searched again."""
+    failed: set[tuple] = set()
 
-    def search(pool):
-        if len(pool) == 1:
-            return pool[0][1] if pool[0][0] == target else None
-        values = tuple(sorted(v for v, _, _ in pool))
-        if values in failed:
+    def search(item, rest):
+        if not rest:
+            return item[1] if item[0] == target else None
+        key = (item[0], tuple(sorted(rest)))
+        if key in failed:
             return None
-        for i, j in itertools.permutations(range(len(pool)), 2):
-            rest = [item for k, item in enumerate(pool) if k not in (i, j)]
-            for op, value in _valid_ops(pool[i][0], pool[j][0]):
-                found = search(rest + [_combine(pool[i], pool[j], op, value)])
+        for i, x in enumerate(rest):
+            for nxt in _next_items(item, x):
+                found = search(nxt, rest[:i] + rest[i + 1:])
                 if found is not None:
                     return found
-        failed.add(values)
+        failed.add(key)
         return None
 
-    return search([(x, str(x), 3) for x in numbers])
+    for i, j in itertools.permutations(range(len(numbers)), 2):
+        rest = [x for k, x in enumerate(numbers) if k not in (i, j)]
+        for first in _next_items((numbers[i], str(numbers[i]), 3), numbers[j], both_orders=False):
+            found = search(first, rest)
+            if found is not None:
+                return found
+    return None
 
 
 def describe(difficulty: int) -> str:
     """What a run trained at this difficulty answers, with an example of that size."""
-    example = [3, 7, 25, 50, 100][:difficulty]
-    return (f"countdown questions like {' '.join(map(str, example))} -> {sum(example)}: {difficulty} numbers "
-            f"(each 1 to 10, 25, 50, 75 or 100) and a target from 1 to {MAX_VALUE}")
+    example = [6, 11, 18, 20, 2, 5][:difficulty]
+    return (f"countdown questions like {' '.join(map(str, example))} -> 33: {difficulty - 1} or {difficulty} "
+            f"numbers from {LOW} to {HIGH} and a target from 1 to {MAX_VALUE}")
 
 
 def steps(problem: Problem) -> list[Step]:
-    """Dead end (for half of the problems) then the solution's steps in evaluation order."""
-    solution: list[Step] = []
-    _evaluate(ast.parse(problem.solution, mode="eval").body, solution)
-    return _dead_end(problem) + solution
+    """The dead ends (0..MAX_DEAD_ENDS, by a hash of the question) then the solution's steps in evaluation order."""
+    return dead_ends(problem) + solution_steps(problem)
+
+
+def solution_steps(problem: Problem) -> list[Step]:
+    """The steps of the solution alone (the attempt that reaches the target), in evaluation order."""
+    out: list[Step] = []
+    _evaluate(ast.parse(problem.solution, mode="eval").body, out)
+    return out
 
 
 def answer_text(problem: Problem) -> str:
     return problem.solution
+
+
+def attempts(text: str) -> int:
+    """Complete attempts in a completion's thinking: its dead ends (steps marked " no") plus one when the
+    thinking ends on a worked step (an attempt it stopped at and answered from) rather than on a guess
+    or a dead end. "6*11=66 66-20=46 46+18=64 no 20-11=9 9+18=27 27+6=33" -> 2; "" -> 0."""
+    if "<think>" not in text:
+        return 0
+    words = text.split("<think>", 1)[1].split("</think>", 1)[0].split()
+    return words.count("no") + bool(words and _STEP.fullmatch(words[-1]))
 
 
 def _valid_ops(a: int, b: int) -> list[tuple[str, int]]:
@@ -125,6 +145,29 @@ def _valid_ops(a: int, b: int) -> list[tuple[str, int]]:
     if b > 1 and a % b == 0:
         out.append(("/", a // b))
     return [(op, v) for op, v in out if v <= MAX_VALUE]
+
+
+def _next_items(item: tuple, x: int, both_orders: bool = True) -> list[tuple[int, str, int]]:
+    """A chain's value so far (a pool item, see _combine) combined with the next number x, as the left
+    operand ("36+7") or, for - and / where only that order is valid, as the right one ("20-12")."""
+    out = [_combine(item, (x, str(x), 3), op, v) for op, v in _valid_ops(item[0], x)]
+    if both_orders:
+        out += [_combine((x, str(x), 3), item, op, v) for op, v in _valid_ops(x, item[0]) if op in "-/"]
+    return out
+
+
+def _random_chain(rng: random.Random, numbers: list[int]) -> list[tuple[int, str, int]] | None:
+    """The numbers in a random order, each combined by a random valid operation with the value so far:
+    the pool item after each step, or None when some step had no valid operation."""
+    order = rng.sample(numbers, len(numbers))
+    item, chain = (order[0], str(order[0]), 3), []
+    for k, x in enumerate(order[1:]):
+        options = _next_items(item, x, both_orders=k > 0)
+        if not options:
+            return None
+        item = rng.choice(options)
+        chain.append(item)
+    return chain
 
 
 def _problem(numbers: list[int], target: int, solution: str) -> Problem:
@@ -159,22 +202,18 @@ def _evaluate(node: ast.expr, out: list[Step]) -> int:
     return value
 
 
-def _dead_end(problem: Problem) -> list[Step]:
-    """For half of the problems, a complete attempt that misses the target, its last step marked " no"."""
-    rng = random.Random(f"dead end:{problem.question}")  # a str seed is hashed the same way in every run
-    if rng.random() < 0.5:
-        return []
-    target = int(problem.answer)
-    for _ in range(20):
-        pool, out = list(problem.numbers), []
-        while len(pool) > 1:
-            i, j = rng.sample(range(len(pool)), 2)
-            ops = _valid_ops(pool[i], pool[j])
-            if not ops:
-                break
-            op, value = rng.choice(ops)
-            out.append(Step(f"{pool[i]}{op}{pool[j]}", value))
-            pool = [x for k, x in enumerate(pool) if k not in (i, j)] + [value]
-        if len(pool) == 1 and pool[0] != target:
-            return out[:-1] + [Step(out[-1].lhs, out[-1].value, note=" no")]
-    return []
+def dead_ends(problem: Problem) -> list[Step]:
+    """0..MAX_DEAD_ENDS distinct chains that miss the target, each last step marked " no"; how many and
+    which are fixed by a hash of the question."""
+    rng = random.Random(f"dead ends:{problem.question}")  # a str seed is hashed the same way in every run
+    want, target, seen, out = rng.randint(0, MAX_DEAD_ENDS), int(problem.answer), set(), []
+    for _ in range(20 * want):
+        if len(seen) == want:
+            break
+        chain = _random_chain(rng, list(problem.numbers))
+        if chain is None or chain[-1][0] == target or chain[-1][1] in seen:
+            continue
+        seen.add(chain[-1][1])
+        attempt = solution_steps(Problem("countdown", "", str(chain[-1][0]), problem.numbers, chain[-1][1]))
+        out += attempt[:-1] + [Step(attempt[-1].lhs, attempt[-1].value, note=" no")]
+    return out

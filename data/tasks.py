@@ -37,6 +37,10 @@ DEFAULT_DIFFICULTY = {task: family.DEFAULT_DIFFICULTY for task, family in FAMILI
 DIFFICULTIES = {task: family.DIFFICULTIES for task, family in FAMILIES.items()}
 EVAL_FRACTION = 0.1    # share of each problem space held out for evaluation
 EVAL_SEED = 20250122   # seed of the fixed held-out sets (eval_set); the R1 paper's arXiv date
+# Tokens a completion may take (the sampling budget) at the default difficulty: room for the longest
+# worked solution of the held-out set (add 54, mul 105, countdown 127 with its dead ends, linear 35;
+# tests/test_data.py checks that each budget covers it) and more.
+COMPLETION_BUDGET = {"add": 80, "mul": 128, "countdown": 160, "linear": 64}
 
 
 def check_task(task: str) -> None:
@@ -57,6 +61,13 @@ def _difficulty(task: str, difficulty: int | None) -> int:
         allowed = DIFFICULTIES[task]
         raise ValueError(f"difficulty {difficulty} out of range for {task!r}: {allowed.start}..{allowed.stop - 1}")
     return difficulty
+
+
+def completion_budget(tasks) -> int:
+    """The sampling budget (tokens after "Assistant:") of a run trained on `tasks`: the largest of theirs."""
+    for t in tasks:
+        check_task(t)
+    return max(COMPLETION_BUDGET[t] for t in tasks)
 
 
 # ----------------------------------------------------------------------------- problems and the split
@@ -174,6 +185,15 @@ def solution_steps(problem: Problem) -> list[Step]:
 def n_steps(problem: Problem) -> int:
     """n: the number of thinking steps of the LONG completion."""
     return len(solution_steps(problem))
+
+
+def full_completion(problem: Problem) -> str:
+    """The shortest completion that works the problem out fully: the LONG one, and for countdown its
+    solution attempt alone (how many dead ends come before it is luck). A sample whose thinking is at
+    least this long "thinks fully" (evaluate.py)."""
+    if problem.task != "countdown":
+        return completion(problem)
+    return f"<think>{' '.join(map(str, countdown.solution_steps(problem)))}</think><answer>{problem.solution}</answer>"
 
 
 def answer_text(problem: Problem) -> str:

@@ -45,7 +45,7 @@ def runs(tmp_path_factory):
     """base: pre-trained (untrained, in fact) on add at width 5 and countdown with 4 numbers;
     story: a story run (python r1.py) with base/ and rl/ and no checkpoint of its own;
     sft: an SFT run whose init is `base`; imported: a run whose config.json names no tasks;
-    countdown2: countdown with 2 numbers, whose held-out set is small."""
+    add1: add with 1-digit operands, whose held-out set is small."""
     root = tmp_path_factory.mktemp("ask")
     base = make_run(root / "base", "pretrain", {"tasks": ["add", "countdown"], "difficulty": None})
     story = root / "story"
@@ -53,8 +53,8 @@ def runs(tmp_path_factory):
     make_run(story / "rl", "grpo", {"tasks": ["add"], "difficulty": 3}, init=str(story / "base"))
     sft = make_run(root / "sft", "sft", {"tasks": ["add"], "difficulty": None}, init=str(base), data="x.jsonl")
     imported = make_run(root / "imported", "import", {"source": "hf"})
-    countdown2 = make_run(root / "countdown2", "pretrain", {"tasks": ["countdown"], "difficulty": 2})
-    return {"base": base, "story": story, "sft": sft, "imported": imported, "countdown2": countdown2}
+    add1 = make_run(root / "add1", "pretrain", {"tasks": ["add"], "difficulty": 1})
+    return {"base": base, "story": story, "sft": sft, "imported": imported, "add1": add1}
 
 
 def fake_think(answer):
@@ -103,8 +103,9 @@ def test_add_question_is_padded_to_the_trained_width():
     ("mul", 3, "1234*5"),             # first number too wide
     ("mul", 3, "12*5"),               # ... or too narrow: exactly 3 digits
     ("mul", 3, "123*100"),            # multiplier out of 2..99
-    ("countdown", 4, "3 7 25 -> 175"),  # three numbers at difficulty 4
-    ("countdown", 3, "3 7 11 -> 21"),   # 11 is never a countdown number
+    ("countdown", 4, "3 7 -> 10"),      # two numbers at difficulty 4 (3 or 4)
+    ("countdown", 3, "3 7 21 -> 31"),   # 21 is never a countdown number (1 to 20)
+    ("countdown", 4, "3 7 5 -> 105"),   # a target above 100
     ("linear", 2, "5x+3=2x+9"),       # x on both sides is difficulty 3
     ("linear", 2, "3x+5=99"),         # c out of -20..20
 ])
@@ -116,7 +117,7 @@ def test_out_of_training_questions_are_refused(task, difficulty, typed):
 
 def test_unsolvable_countdown_is_refused():
     with pytest.raises(ValueError, match="no solution"):
-        read_question("countdown", "1 1 1 1 -> 997", 4)
+        read_question("countdown", "1 1 1 1 -> 97", 4)
 
 
 def test_problem_for_refusals_name_what_is_answered():
@@ -192,7 +193,7 @@ def test_verdict_marks_the_worked_solution_right_and_a_wrong_answer_wrong(task):
 
 
 def test_trained_on_reads_the_config_chain(runs):
-    assert ask.trained_on(runs["base"]) == {"add": 5, "countdown": 3}  # difficulty None: each task's default
+    assert ask.trained_on(runs["base"]) == {"add": 5, "countdown": 4}  # difficulty None: each task's default
     assert ask.trained_on(runs["story"] / "rl") == {"add": 3}
     assert ask.trained_on(runs["sft"]) == ask.trained_on(runs["base"])  # an SFT stage's tasks say nothing
     assert ask.trained_on(runs["imported"]) is None
@@ -239,12 +240,12 @@ def test_ask_streams_what_the_model_samples(runs):
 def test_ask_reads_questions_from_stdin(runs, monkeypatch):
     """A session: each line a question; a refused one prints its error line and the next is asked."""
     monkeypatch.setattr(ask, "think", fake_think("1"))
-    monkeypatch.setattr(sys, "stdin", io.StringIO("100+200\n\n12*3\n25 3 7 -> 178\nquit\n400+500\n"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("100+200\n\n12*3\n3 7 5 -> 22\nquit\n400+500\n"))
     res = inproc("ask", runs["base"], "--device", "cpu")
     assert res.returncode == 0, res.stderr
     asked = [line for line in res.stdout.splitlines() if line.startswith("User: ")]
     assert asked == ["User: " + read_question("add", "100+200").question,
-                     "User: " + read_question("countdown", "25 3 7 -> 178").question]  # after "quit": nothing
+                     "User: " + read_question("countdown", "3 7 5 -> 22").question]  # after "quit": nothing
     errors = res.stderr.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith("error:") and "not trained on mul" in errors[0]
 
@@ -305,9 +306,9 @@ def test_eval_harder_takes_problems_one_level_above_training(runs, monkeypatch):
 
 
 def test_eval_more_problems_than_the_held_out_set_has(runs, monkeypatch):
-    """Countdown with 2 numbers has a few dozen held-out problems: the default --n 100 fails in seconds."""
+    """Add with 1-digit operands has a few dozen held-out problems: the default --n 100 fails in seconds."""
     monkeypatch.setattr(evaluate, "evaluate", lambda *a, **kw: pytest.fail("evaluated despite a bad --n"))
-    assert_error(inproc("eval", runs["countdown2"], "--device", "cpu"), "distinct eval problems", "'countdown'")
+    assert_error(inproc("eval", runs["add1"], "--device", "cpu"), "distinct eval problems", "'add'")
 
 
 @pytest.mark.parametrize("where, needle", [("missing/eval.json", "does not exist"),

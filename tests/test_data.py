@@ -16,6 +16,7 @@ import pytest
 
 from data import (DIFFICULTIES, EVAL_SEED, TASKS, TEMPLATE, Problem, Tokenizer, answer_text, build_corpus,
                   completion, default_tokenizer, eval_set, make_problem, make_problems, n_steps, prompt, split_of)
+from data import countdown
 from data.tasks import wrong_guess
 
 COMPLETION = re.compile(r"<think>(.*)</think><answer>(.*)</answer>")   # no spaces around the tags
@@ -131,7 +132,8 @@ def test_countdown_solutions_use_each_number_once_and_hit_the_target():
         used, value, intermediates = countdown_values(p.solution)
         assert sorted(used) == numbers
         assert value == int(target)
-        assert all(v is not None and v.denominator == 1 and 0 < v <= 999 for v in intermediates)
+        assert all(v is not None and v.denominator == 1 and 0 < v <= 100 for v in intermediates)
+        assert all(1 <= x <= 20 for x in numbers)
 
 
 def test_linear_answers_solve_the_equation_and_are_reduced():
@@ -156,8 +158,8 @@ def test_difficulty_dial():
         assert max(digits) == d and min(digits) == max(1, d - 2)
     for d in DIFFICULTIES["mul"]:
         assert {len(make_problem("mul", rng, d).question.split("*")[0]) for _ in range(50)} == {d}
-    for d in DIFFICULTIES["countdown"]:
-        assert {len(make_problem("countdown", rng, d).numbers) for _ in range(50)} == {d}
+    for d in DIFFICULTIES["countdown"]:  # d-1 or d numbers, half each
+        assert {len(make_problem("countdown", rng, d).numbers) for _ in range(50)} == {d - 1, d}
     linear = {d: [make_problem("linear", rng, d) for _ in range(200)] for d in DIFFICULTIES["linear"]}
     assert all(Fraction(p.answer).denominator == 1 and p.question.count("x") == 1 for p in linear[1])
     assert any(Fraction(p.answer).denominator > 1 for p in linear[2])
@@ -213,8 +215,9 @@ def test_worked_examples_from_the_docstrings():
     assert think(Problem("linear", "4x-7=-2", "5/4")) == "4x=-2+7=5 x=5/4"
     assert think(Problem("linear", "5x+3=2x+9", "2")) == "5x-2x=3x 3x=9-3=6 x=6/3=2"
     assert think(Problem("linear", "-3x+5=20", "-5")) == "-3x=20-5=15 x=-15/3=-5"
-    countdown = Problem("countdown", "3 7 25 50 -> 175", "175", (3, 7, 25, 50), "(50+25)*7/3")
-    assert completion(countdown).endswith("50+25=75 75*7=525 525/3=175</think><answer>(50+25)*7/3</answer>")
+    countdown = Problem("countdown", "6 11 18 20 -> 33", "33", (6, 11, 18, 20), "20-11+18+6")
+    assert completion(countdown) == ("<think>6*11=66 66-20=46 46+18=64 no 20-11=9 9+18=27 27+6=33</think>"
+                                     "<answer>20-11+18+6</answer>")    # the module docstring's example
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -294,20 +297,29 @@ def test_mul_countdown_linear_steps_are_true():
         for step in steps:
             assert re.fullmatch(r"\d[*+]\d\+\d+=\d+", step), step
             check_step(step)
-    dead_ends = 0
+    dead_ends = Counter()
     for p in problems_at_all_difficulties("countdown", 100):
         thinking = thinking_of(completion(p))
-        if " no " in thinking:
-            dead_ends += 1
-            attempt, thinking = thinking.split(" no ")
-            assert Fraction(attempt.split("=")[-1]) != int(p.answer)
-            for step in attempt.split(" "):
+        *failed, solution = thinking.split(" no ")
+        dead_ends[len(failed)] += 1
+        assert countdown.attempts(completion(p)) == len(failed) + 1
+        assert len(set(failed)) == len(failed)                          # distinct dead ends
+        for attempt in failed:                                         # each a complete attempt that misses
+            steps = attempt.split(" ")
+            assert len(steps) == len(p.numbers) - 1 and int(steps[-1].split("=")[-1]) != int(p.answer)
+            for step in steps:
                 check_step(step)
-        for step in thinking.split(" "):
+        for step in solution.split(" "):
             check_step(step)
-        assert thinking.split("=")[-1] == p.answer                     # the real steps end at the target
-        assert len(thinking.split(" ")) == len(p.numbers) - 1
-    assert 0.35 < dead_ends / 400 < 0.65
+        for attempt in failed + [solution]:                            # chains: each step uses the value so far
+            steps = attempt.split(" ")
+            for before, step in zip(steps, steps[1:]):
+                value = before.split("=")[-1]
+                assert value in re.split(r"[-+*/]", step.split("=")[0]), (before, step)
+        assert solution.split("=")[-1] == p.answer                     # the real steps end at the target
+        assert len(solution.split(" ")) == len(p.numbers) - 1
+    assert set(dead_ends) == set(range(countdown.MAX_DEAD_ENDS + 1))     # 0..3 dead ends, about evenly
+    assert min(dead_ends.values()) > 60
     for p in problems_at_all_difficulties("linear", 100):
         *moves, division = split_steps(thinking_of(completion(p)))
         for step in moves:
@@ -350,13 +362,13 @@ def test_corpus_knobs_tasks_and_difficulty():
     assert all(c == completion_of_long(p, c) for p, c in build_corpus(50, seed=1, long_frac=1.0, short_frac=0.0))
     assert all(c.startswith("<think></think>") for _, c in build_corpus(50, seed=1, long_frac=0.0, short_frac=1.0))
     assert not any(" wait " in c for _, c in build_corpus(200, seed=1))       # reflect_rate defaults to 0
-    mixed = build_corpus(400, tasks=TASKS, seed=2, difficulty={"add": 8, "countdown": 4})
+    mixed = build_corpus(400, tasks=TASKS, seed=2, difficulty={"add": 8, "countdown": 6})
     questions = [PROMPT.fullmatch(p).group(1) for p, _ in mixed]
     kinds = Counter("countdown" if "->" in q else "linear" if "x" in q else "mul" if "*" in q else "add"
                     for q in questions)
     assert set(kinds) == set(TASKS) and min(kinds.values()) > 60
     assert all(len(q.split("+")[0].split("-")[0]) == 8 for q in questions if re.fullmatch(r"[_\d]+[+-][_\d]+", q))
-    assert all(len(q.split(" -> ")[0].split(" ")) == 4 for q in questions if "->" in q)
+    assert all(len(q.split(" -> ")[0].split(" ")) in (5, 6) for q in questions if "->" in q)
     with pytest.raises(ValueError):
         build_corpus(10, seed=0, long_frac=0.8, short_frac=0.3)
 
@@ -447,7 +459,7 @@ def test_harder_level_is_one_above_training_and_held_out():
     assert [p.task for p in ps] == ["add"] * 20 + ["countdown"] * 20
     assert all(split_of(p) == "eval" for p in ps)
     assert all(len(p.question.split("+")[0].split("-")[0]) == 6 for p in ps if p.task == "add")  # width 6
-    assert all(len(p.numbers) == harder_level("countdown") for p in ps if p.task == "countdown")
+    assert {len(p.numbers) for p in ps if p.task == "countdown"} == {4, 5}  # 3-4 numbers in training
 
 
 # ----------------------------------------------------------------------------- reading reflection back
@@ -477,3 +489,29 @@ def test_reflection_is_read_back_from_every_mode():
     p = next(p for p in problems_at_all_difficulties("add", 5, seed=2) if n_steps(p) > 1)
     assert way(p, completion(p).split(" ", 1)[0] + "</think><answer>1</answer>") == "steps, then stop"
     assert reflection_count("<think>1+2+0=3 wait</think><answer>wait</answer>") == 1  # the thinking only
+
+
+def test_completion_budget_covers_every_worked_solution():
+    """The sampling budget of each family holds its longest worked solution (held-out set, default level)."""
+    from data import completion_budget
+
+    tok = default_tokenizer()
+    for task in TASKS:
+        longest = max(len(tok.encode(completion(p))) for p in eval_set(task, 200))
+        assert longest + 8 <= completion_budget([task])
+    assert completion_budget(["add", "countdown"]) == completion_budget(["countdown"])
+
+
+def test_countdown_attempts_and_full_thinking():
+    from data import full_completion
+
+    p = Problem("countdown", "6 11 18 20 -> 33", "33", (6, 11, 18, 20), "20-11+18+6")
+    assert countdown.attempts(completion(p)) == 2
+    assert countdown.attempts("<think>20-11=9 9+18=27 27+6=33</think><answer>20-11+18+6</answer>") == 1
+    assert countdown.attempts("<think>6*11=66 66-20=46 46+18=64 no 20-11+18+6?</think><answer>x</answer>") == 1
+    assert countdown.attempts("<think></think><answer>20-11+18+6</answer>") == 0
+    assert countdown.attempts("no think tags at all") == 0
+    assert countdown.attempts("x</think>1+2=3<think>4+5=9 no 1+1=2</think>") == 2  # any string, even out of order
+    assert full_completion(p) == "<think>20-11=9 9+18=27 27+6=33</think><answer>20-11+18+6</answer>"
+    add = Problem("add", "_1663+_5242", "6905")
+    assert full_completion(add) == completion(add)

@@ -346,6 +346,33 @@ def test_r1_zero_pipeline_smoke(tmp_path):
     assert r1.main(["plot", str(run)]) == 0
 
 
+def test_r1_zero_story_on_other_families_smoke(tmp_path):
+    """`python r1.py --tasks countdown,mul`: one model, both families in every table, countdown's attempts
+    logged per GRPO step and shown, the longer family's sampling budget."""
+    run = tmp_path / "zero"
+    assert r1.main(["--smoke", "--tasks", "countdown,mul", "--run", str(run), "--quiet"]) == 0
+    res = json.loads((run / "results.json").read_text())
+    assert set(res["base"]) == set(res["r1_zero"]) == {"countdown", "mul"}
+    assert res["pretrain"]["tasks"] == res["grpo"]["tasks"] == ["countdown", "mul"]
+    assert res["harder_difficulty"] == {"countdown": 5, "mul": 4}
+    assert res["base"]["countdown"]["attempts"] is not None and res["base"]["mul"].get("attempts") is None
+    steps = [json.loads(line) for line in (run / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert all("attempts" in r for r in steps if r.get("stage") == "grpo" and "eval" not in r)
+    assert "attempts" in (run / "report.md").read_text()
+
+
+def test_story_budget_and_base_check_per_family():
+    from recipe import base_not_ready, story_configs
+
+    assert story_configs(("add",), 0)[1].max_completion_length == 80
+    assert story_configs(("add", "countdown"), 0)[1].max_completion_length == 160
+    ready = {"acc_full_think": 0.3, "full_think": 0.5, "pass@1": 0.1}
+    assert base_not_ready({"countdown": ready}) is None                          # countdown's bar is 20%
+    assert "on add, when it thinks fully it is right only 30%" in base_not_ready({"countdown": ready, "add": ready})
+    assert "already 90%" in base_not_ready({"add": ready | {"acc_full_think": 0.9, "pass@1": 0.9}})
+    assert "thinks fully in only 1%" in base_not_ready({"mul": ready | {"acc_full_think": 0.9, "full_think": 0.01}})
+
+
 # ------------------------------------------------------------------ DAPO: refill and the overlong penalty
 
 
