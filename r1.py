@@ -62,7 +62,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls, skip=()):
                                metavar="A,B", help=f"{text} (default {','.join(default)})")
         elif default is None:
             group.add_argument(flag, type=int, default=None,
-                               help=f"{text} (default: each task's own, add 5, mul 3, countdown 3, linear 2)")
+                               help=f"{text} (default: each task's own, add 5, mul 3, countdown 4, linear 2)")
         else:
             group.add_argument(flag, type=type(default), default=None, help=f"{text} (default {default})")
 
@@ -70,7 +70,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls, skip=()):
 # One line per config field: what it means, its unit and its allowed values (the default is added).
 _TASKS_HELP = "comma-separated tasks: add, mul, countdown, linear"
 _DIFFICULTY_HELP = ("task difficulty, one for every task: add 1-8 (operand width), mul 1-6 (digits of the first "
-                    "number), countdown 2-5 (numbers given), linear 1-3 (3: x on both sides)")
+                    "number), countdown 3-6 (d-1 or d numbers given), linear 1-3 (3: x on both sides)")
 _CKPT_HELP = "write a checkpoint every N steps (>= 0; 0 = only at the end)"
 CONFIG_HELP = {
     "TrainConfig": {
@@ -221,8 +221,10 @@ def add_sampling_args(p):
                                                                   "0 = greedy; default 0.6, as R1's evaluation)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (0 < top-p <= 1; 1 = off; "
                                                              "default 0.95)")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="most tokens per completion (>= 1; with the "
-                                                                  "prompt at most the model's max_seq_len; default 96)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="most tokens per completion (>= 1; with the "
+                                                                    "prompt at most the model's max_seq_len; default: "
+                                                                    "the tasks' budget, add 80, mul 128, countdown "
+                                                                    "160, linear 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (0 to 2**31 - 1, default 0)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda or mps")
 
@@ -298,6 +300,7 @@ def cmd_eval(args):
     _check_writable(out, "--json")
     trained = _trained(run)
     tasks = _tasks(args.tasks) if args.tasks else list(trained)
+    _default_budget(args, tasks)
     problems = _held_out(tasks, args.n, trained, harder=args.harder)
     if not problems:
         raise R1Error(f"no harder level exists for {', '.join(tasks)}: they were trained at their hardest")
@@ -415,6 +418,7 @@ def cmd_sample(args):
     model, tok, _ = load_run(run, device)
     trained = _trained(run)
     task = _tasks(args.task)[0] if args.task else next(iter(trained))
+    _default_budget(args, [task])
     problems = _held_out([task], args.n, trained)
     ids = [tok.encode(prompt(p), bos=True) for p in problems]
     _check_length(model, max(map(len, ids)), args.max_new_tokens)
@@ -447,6 +451,7 @@ def cmd_ask(args):
     if args.task is not None and args.task not in trained:
         _tasks(args.task)  # an unknown task's error names the choices
         raise R1Error(f"--task {args.task}: {run} was not trained on it; it answers {answers(trained)}")
+    _default_budget(args, [args.task] if args.task else trained)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     one = args.question is not None
     for question in [args.question] if one else _typed_questions(run, trained):
@@ -617,7 +622,8 @@ def _check_sampling(args):
     t, p, seed = args.temperature, args.top_p, args.seed
     checks = [(math.isfinite(t) and t >= 0, f"--temperature must be a finite number >= 0 (0 = greedy), got {t}"),
               (0 < p <= 1, f"--top-p must be in (0, 1], got {p}"),
-              (args.max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {args.max_new_tokens}"),
+              (args.max_new_tokens is None or args.max_new_tokens >= 1,
+               f"--max-new-tokens must be >= 1, got {args.max_new_tokens}"),
               (0 <= seed < 2 ** 31, f"--seed must be in [0, 2**31), got {seed}")]
     k, n = getattr(args, "k", None), getattr(args, "n", None)
     if k is not None:
@@ -630,6 +636,14 @@ def _check_sampling(args):
     for ok, message in checks:
         if not ok:
             raise R1Error(message)
+
+
+def _default_budget(args, tasks) -> None:
+    """--max-new-tokens, when not given, is the sampling budget of the tasks (data.tasks.completion_budget)."""
+    from data import completion_budget
+
+    if args.max_new_tokens is None:
+        args.max_new_tokens = completion_budget(list(tasks))
 
 
 def _check_length(model, prompt_len: int, max_new_tokens: int):
