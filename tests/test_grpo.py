@@ -364,8 +364,9 @@ def test_r1_zero_story_on_other_families_smoke(tmp_path):
 def test_story_budget_and_base_check_per_family():
     from recipe import base_not_ready, story_configs
 
-    assert story_configs(("add",), 0)[1].max_completion_length == 80
-    assert story_configs(("add", "countdown"), 0)[1].max_completion_length == 160
+    assert (story_configs(("add",), 0)[1].max_completion_length, story_configs(("add",), 0)[1].steps) == (80, 80)
+    both = story_configs(("add", "countdown"), 0)[1]
+    assert (both.max_completion_length, both.steps) == (160, 300)
     ready = {"acc_full_think": 0.3, "full_think": 0.5, "pass@1": 0.1}
     assert base_not_ready({"countdown": ready}) is None                          # countdown's bar is 20%
     assert "on add, when it thinks fully it is right only 30%" in base_not_ready({"countdown": ready, "add": ready})
