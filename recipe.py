@@ -163,14 +163,9 @@ def story_configs(tasks: tuple[str, ...], seed: int, smoke: bool = False) -> tup
     """The story's pre-training and GRPO settings for `tasks`: the defaults, with the sampling budget of
     the longest family (data.tasks.completion_budget: mul and countdown think longer than add) and the
     GRPO steps of the slowest (STORY_GRPO_STEPS)."""
-    for t in tasks:
-        try:
-            check_task(t)
-        except ValueError as e:
-            raise R1Error(str(e)) from None
+    pre = TrainConfig(seed=seed, tasks=tasks, **(SMOKE["pretrain"] if smoke else {}))  # checks the tasks
     per_family = {"max_completion_length": completion_budget(tasks),
                   "steps": max(STORY_GRPO_STEPS.get(t, GRPOConfig.steps) for t in tasks)}
-    pre = TrainConfig(seed=seed, tasks=tasks, **(SMOKE["pretrain"] if smoke else {}))
     rl = GRPOConfig(seed=seed, tasks=tasks, **(SMOKE["grpo"] if smoke else per_family))
     return pre, rl
 

@@ -446,7 +446,7 @@ def sample_groups(model, tok, cfg: GRPOConfig, step: int, device, world: World):
     return concat_rollouts(kept, tok.pad_id), first, problems, parts, None
 
 
-def rollout_stats(ro: Rollout, parts, tok, G: int, problems=None) -> dict:
+def rollout_stats(ro: Rollout, parts, tok, G: int, problems) -> dict:
     think_id, end_id = tok.encode("<think>")[0], tok.encode("</think>")[0]
     lens = ro.completion_mask.sum(1).float()
     think = torch.tensor([float(thinking_tokens(ro.tokens[i, ro.prompt_len:][ro.completion_mask[i]].tolist(), think_id, end_id))
@@ -458,7 +458,7 @@ def rollout_stats(ro: Rollout, parts, tok, G: int, problems=None) -> dict:
     reflections = torch.tensor([float(reflection_count(t)) for t in ro.texts])  # reflective words per completion
     mean_or_none = lambda x, m: float(x[m].mean()) if m.any() else None  # noqa: E731
     # countdown: attempts per completion, how long the search went on (row i answers problems[i // G])
-    tried = [countdown.attempts(t) for i, t in enumerate(ro.texts) if problems and problems[i // G].task == "countdown"]
+    tried = [countdown.attempts(t) for i, t in enumerate(ro.texts) if problems[i // G].task == "countdown"]
     return {
         "reward": float(ro.rewards.mean()), "accuracy": float(acc.mean()), "format": float(fmt.mean()),
         "consistency": float(consistency.mean()),

@@ -515,3 +515,12 @@ def test_countdown_attempts_and_full_thinking():
     assert full_completion(p) == "<think>20-11=9 9+18=27 27+6=33</think><answer>20-11+18+6</answer>"
     add = Problem("add", "_1663+_5242", "6905")
     assert full_completion(add) == completion(add)
+
+
+def test_countdown_odds_of_blind_search():
+    """tools.countdown_odds: 2 2 -> 4 is hit by 2+2 and 2*2 and missed by 2/2, so two chains in three hit."""
+    from tools.countdown_odds import hit_rate
+
+    p = Problem("countdown", "2 2 -> 4", "4", (2, 2), "2+2")
+    assert 0.5 < hit_rate(p, random.Random(0), tries=300) < 0.8
+    assert hit_rate(Problem("countdown", "2 2 -> 3", "3", (2, 2), ""), random.Random(0)) == 0.0  # no chain makes 3
