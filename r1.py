@@ -160,8 +160,16 @@ CONFIG_HELP = {
         "rs_k": "rejection sampling: samples per prompt (>= 1)",
         "dev3_steps": "Dev3: SFT steps of the base on Dev2's rejection-sampled answers (>= 1)",
         "student_preset": "model preset of the small dense student (see pretrain --preset)",
-        "student_pretrain_steps": "pre-training steps of the student's base (>= 1)",
+        "student_corpus": "what the student's pre-training holds: answers (direct answers only, the paper's "
+                          "setting: its base lacks the reasoning pattern) or worked (the teacher's corpus and "
+                          "schedule: the control)",
+        "student_pretrain_steps": "pre-training steps of an answers student's base (>= 1; a worked student trains "
+                                  "until the skill appears)",
+        "distill_prompts": "training prompts R1 answers once each for distillation; right, readable answers are "
+                           "kept (>= 1)",
         "distill_steps": "SFT steps of the student base on R1's samples (>= 1)",
+        "distill_lr": "learning rate of that SFT (> 0)",
+        "distill_batch_size": "examples per step of that SFT (>= 1)",
         "student_rl_steps": "GRPO steps of the RL-only student (>= 1)",
         "eval_k": "samples per held-out problem in every evaluation, at T=0.6 and top-p 0.95 (>= 1)",
         "eval_n": "held-out problems per task in every evaluation (>= 1)",
@@ -399,8 +407,10 @@ def cmd_recipe(args):
     if zero_run is None:
         zero_run = run / "zero"
         clock.stage("R1-Zero", f"the R1-Zero story (python r1.py) -> {zero_run}")
-        zero(zero_run, seed=cfg.seed, k=cfg.eval_k, n=cfg.eval_n, smoke=cfg.smoke, device=device,
-             resume=(zero_run / "base").exists(), quiet=args.quiet)
+        # the story as `python r1.py` runs it (its own evaluations: 100 problems); the recipe's tables
+        # evaluate its base and R1-Zero again with the recipe's protocol
+        zero(zero_run, seed=cfg.seed, smoke=cfg.smoke, device=device, resume=(zero_run / "base").exists(),
+             quiet=args.quiet)
     run_recipe(run, zero_run, cfg, device, args.quiet, student_base, clock)
 
 
@@ -843,8 +853,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student-base", default=None, help="an existing pre-trained student run (skips its pre-training)")
     p.add_argument("--data", default=None, help="SFT JSONL to distill from (default: rejection-sample the teacher)")
     p.add_argument("--smoke", action="store_true", help="a few steps of everything (for tests)")
-    add_config_args(p, RecipeConfig, skip=("smoke", "student_preset", "cold_start_n", "cold_start_steps",
-                                           "rl_steps", "final_rl_steps", "consistency_weight", "dev3_steps"))
+    add_config_args(p, RecipeConfig, skip=("smoke", "student_preset", "cold_start_n", "cold_start_summary",
+                                           "cold_start_steps", "sft_lr", "sft_batch_size", "rl_steps",
+                                           "final_rl_steps", "consistency_weight", "rs_prompts", "rs_k",
+                                           "dev3_steps"))
     p.set_defaults(fn=cmd_distill)
 
     p = sub.add_parser("sample", help="print completions of held-out problems")

@@ -9,9 +9,9 @@ into a small dense student (R1 §2.3-2.4, [R1v2] §3 and Fig. 2).
     Dev2     GRPO, accuracy + format + consistency rewards          Dev1           §2.3.2
     Dev3     SFT on Dev2's rejection-sampled training answers       base (again)   §2.3.3
     R1       GRPO again, same rewards                               Dev3           §2.3.4
-    student  a smaller dense model pre-trained the same way         -              Qwen/Llama bases
-    distill  student SFT on R1's rejection-sampled answers          student        §2.4
-    RL-only  student GRPO alone (R1-Zero rewards)                   student        §4.1, Table 6
+    student  a smaller dense model, pre-trained on direct answers   -              Qwen/Llama bases
+    distill  student SFT on 20,000 of R1's rejection-sampled answers student       §2.4
+    RL-only  student GRPO alone (R1-Zero rewards, R1-Zero's steps)  student        §4.1, Table 6
 
 Every model is evaluated with R1's protocol on the held-out problems (evaluate.py: k samples at T=0.6,
 top-p 0.95; pass@1, cons@k, and the consistency metric), giving the two tables of the paper in miniature:
@@ -25,8 +25,9 @@ thought); exact duplicates are dropped. The kept rows are prompt/completion JSON
 
 How this differs from the paper: no non-reasoning data (writing, QA) and no reward models, so the
 final RL stage uses the reasoning rewards only; SFT steps, not epochs, set the length of each SFT stage;
-the student's base is pre-trained here on the same corpus as the teacher's (the paper's students are
-Qwen/Llama bases pre-trained elsewhere).
+the student's base is pre-trained here (the paper's students are Qwen/Llama bases pre-trained elsewhere):
+by default on direct answers alone, so that, like those bases, it has never seen the reasoning pattern it
+is to be given (`student_corpus`; "worked", the teacher's corpus, is the control where it has).
 
     python r1.py                                                (the R1-Zero story: zero())
     python r1.py recipe --zero runs/zero --run runs/recipe      (reuse an R1-Zero run's base and RL)
@@ -147,7 +148,7 @@ SMOKE = {
     "eval": dict(k=2, n=4),
     "recipe": dict(cold_start_n=8, sft_batch_size=4, cold_start_steps=2, rl_steps=2, final_rl_steps=1,
                    max_completion_length=24, rs_prompts=4, rs_k=2, dev3_steps=2, student_pretrain_steps=3,
-                   distill_steps=2, student_rl_steps=1, eval_k=2, eval_n=3),
+                   distill_prompts=4, distill_steps=2, distill_batch_size=4, student_rl_steps=1, eval_k=2, eval_n=3),
     "recipe_rl": dict(prompts_per_step=2, num_generations=2, dump_every=0),
     "recipe_pretrain": dict(batch_size=4, eval_every=0, eval_n=2, ckpt_every=0),
 }
@@ -413,6 +414,9 @@ def check_student(teacher_tok, teacher_cfg: ModelConfig, student_preset: str, st
     return cfg
 
 
+STUDENT_CORPORA = ("answers", "worked")
+
+
 @dataclass
 class RecipeConfig:
     """The sizes of every stage; defaults are the CPU run of the README, `smoke()` a seconds-long one."""
@@ -424,19 +428,30 @@ class RecipeConfig:
     sft_lr: float = 1e-3  # SFT from a pre-trained model: a third of the pre-training lr
     sft_batch_size: int = 32
     cold_start_steps: int = 200  # Dev1: ~6 epochs; the summary read-off needs them (100 steps: 69-75%)
-    rl_steps: int = 40  # Dev2 (reasoning RL); 80, as R1-Zero, measured no better (README)
-    final_rl_steps: int = 20  # R1 (the last RL stage)
+    rl_steps: int = 40  # Dev2 (reasoning RL): 40 steps left Dev1's accuracy as it was
+    final_rl_steps: int = 80  # R1 (the last RL stage): R1-Zero's budget; 20 steps gave 95.7% / 95.4% cons@8, 80 gave 97.0% / 97.0%
     consistency_weight: float = 1.0  # R1 adds the language reward to accuracy + format
     max_completion_length: int = 96  # readable thinking is ~15 tokens longer than R1-Zero's
-    rs_prompts: int = 600  # rejection sampling: training prompts per task
-    rs_k: int = 4  # samples per prompt
-    dev3_steps: int = 200  # SFT of the base on Dev2's samples
+    # rejection sampling for Dev3: many prompts, one sample each. An RL-tuned model writes the same right
+    # answer to a prompt every time (600 prompts x 4 kept 618 distinct samples), and the readable read-off
+    # is learnt from distinct examples: 4,618 of them x 400 steps gave Dev3 96.1%, 618 x 200 gave 94.5%
+    rs_prompts: int = 5000  # training prompts per task
+    rs_k: int = 1  # samples per prompt
+    dev3_steps: int = 400  # SFT of the base on Dev2's samples
     student_preset: str = "student"
-    student_pretrain_steps: int = 1500  # the teacher's pre-training schedule (TrainConfig.steps)
-    distill_steps: int = 300  # SFT of the student base on R1's samples
-    student_rl_steps: int = 40  # GRPO of the student base (R1-Zero rewards), for comparison
+    # what the student's pre-training corpus holds. "answers": direct answers only (SHORT examples, never a
+    # worked solution), so its base lacks the reasoning pattern, as the small bases of R1 §2.4 lack long
+    # chains of thought: the paper's setting. "worked": the teacher's corpus and schedule, the control where
+    # the student base already has the skill and RL only has to select it.
+    student_corpus: str = "answers"
+    student_pretrain_steps: int = 600  # "answers": a cosine over this many steps ("worked" trains until the skill appears)
+    distill_prompts: int = 20000  # R1 answers this many training prompts once each; right, readable answers are kept
+    distill_steps: int = 1500  # SFT of the student base on them: for an "answers" student a new skill, so
+    distill_lr: float = 3e-3  # ... pre-training's lr and batch, not the SFT stages' (1,000 steps: 1% right)
+    distill_batch_size: int = 64
+    student_rl_steps: int = 80  # GRPO of the student base (R1-Zero rewards): R1-Zero's budget
     eval_k: int = 8  # R1's protocol: k samples per held-out problem at T=0.6, top-p 0.95
-    eval_n: int = 100  # held-out problems per task
+    eval_n: int = 500  # held-out problems per task: R1 and R1-Zero end a point apart, which 100 cannot resolve
     smoke: bool = False  # tiny stages for tests: numbers mean nothing, every code path runs
 
     def __post_init__(self):
@@ -449,10 +464,12 @@ class RecipeConfig:
                     raise R1Error(f"--{f.name.replace('_', '-')} must be > 0, got {v}")
         if self.consistency_weight < 0:
             raise R1Error("--consistency-weight must be >= 0")
+        if self.student_corpus not in STUDENT_CORPORA:
+            raise R1Error(f"--student-corpus must be one of {', '.join(STUDENT_CORPORA)}, got {self.student_corpus!r}")
         if self.eval_n > MAX_EVAL_N or self.eval_k > MAX_EVAL_K:
             raise R1Error(f"--eval-n must be at most {MAX_EVAL_N} and --eval-k at most {MAX_EVAL_K}")
-        if max(self.cold_start_n, self.rs_prompts) > MAX_EXAMPLES:
-            raise R1Error(f"--cold-start-n and --rs-prompts must be at most {MAX_EXAMPLES:,}")
+        if max(self.cold_start_n, self.rs_prompts, self.distill_prompts) > MAX_EXAMPLES:
+            raise R1Error(f"--cold-start-n, --rs-prompts and --distill-prompts must be at most {MAX_EXAMPLES:,}")
 
     @classmethod
     def for_smoke(cls, **kw) -> "RecipeConfig":
@@ -469,14 +486,31 @@ class RecipeConfig:
                           max_completion_length=self.max_completion_length, eval_every=0,
                           eval_n=min(20, self.eval_n), eval_k=2, ckpt_every=0, **small)
 
+    def distill_sft(self) -> TrainConfig:
+        return TrainConfig(steps=self.distill_steps, batch_size=self.distill_batch_size, lr=self.distill_lr,
+                           warmup=min(30, self.distill_steps), decay_steps=self.distill_steps, final_mix_steps=0,
+                           decay_at_greedy=0.0, seed=self.seed, tasks=self.tasks, eval_every=0,
+                           eval_n=min(20, self.eval_n), ckpt_every=0, completion_only=True)
+
     def rejection(self) -> RejectionConfig:
         return RejectionConfig(n_prompts=self.rs_prompts, k=self.rs_k, max_new_tokens=self.max_completion_length,
                                tasks=self.tasks, seed=self.seed + 1,
                                min_consistency=0.0 if self.smoke else 1.0)
 
+    def distill_rejection(self) -> RejectionConfig:
+        """R1's answers for distillation: one sample per prompt (see rs_k), other prompts than Dev3's."""
+        return replace(self.rejection(), n_prompts=self.distill_prompts, k=1, seed=self.seed + 2)
+
     def pretrain(self) -> TrainConfig:
-        return TrainConfig(steps=self.student_pretrain_steps, seed=self.seed, tasks=self.tasks,
-                           **(SMOKE["recipe_pretrain"] if self.smoke else {}))
+        """The student base's pre-training (see student_corpus)."""
+        small = SMOKE["recipe_pretrain"] if self.smoke else {}
+        if self.student_corpus == "worked":  # the teacher's corpus and schedule
+            return TrainConfig(seed=self.seed, tasks=self.tasks, **small,
+                               **({"steps": self.student_pretrain_steps} if self.smoke else {}))
+        steps = self.student_pretrain_steps
+        return TrainConfig(steps=steps, decay_steps=steps, warmup=min(50, steps - 1), decay_at_greedy=0.0,
+                           long_frac=0.0, short_frac=1.0, final_mix_steps=0, final_long_frac=0.0,
+                           final_short_frac=1.0, reflect_rate=0.0, seed=self.seed, tasks=self.tasks, **small)
 
 
 class Stopwatch:
@@ -534,26 +568,37 @@ def distill(teacher: Path, run: Path, cfg: RecipeConfig, device, quiet: bool, cl
     student_cfg, pairs = check_distill(teacher, cfg, student_base, data)
     mark_run_dir(run)
     if pairs is None:
-        clock.stage("distill data", f"rejection sampling the teacher {teacher} ({cfg.rs_prompts} prompts x {cfg.rs_k})")
-        rows, stats = rejection_stage(teacher, run / "distill.jsonl", cfg.rejection(), device, quiet, cfg.smoke)
+        clock.stage("distill data", f"rejection sampling the teacher {teacher} ({cfg.distill_prompts} training "
+                                    f"prompts, one sample each)")
+        rows, stats = rejection_stage(teacher, run / "distill.jsonl", cfg.distill_rejection(), device, quiet, cfg.smoke)
         print("   " + describe_rejection(stats), flush=True)
         pairs, data = [(r["prompt"], r["completion"]) for r in rows], run / "distill.jsonl"
     else:
         stats = {"data": str(data), "kept": len(pairs)}
+    corpus = f"given ({student_base})" if student_base is not None else cfg.student_corpus
     if student_base is None:
         student_base = run / "student-base"
+        what = (f"{cfg.student_pretrain_steps} steps on direct answers only" if cfg.student_corpus == "answers"
+                else "the teacher's corpus and schedule")
         clock.stage("student base", f"pre-training a {cfg.student_preset!r} student "
-                                    f"({count_params(student_cfg)['total'] / 1e6:.2f}M params, "
-                                    f"{cfg.student_pretrain_steps} steps) -> {student_base}")
+                                    f"({count_params(student_cfg)['total'] / 1e6:.2f}M params, {what}) -> {student_base}")
         pretrain_stage(student_base, student_cfg, cfg.pretrain(), device, quiet, cfg.student_preset)
     clock.stage("distilled", f"SFT of the student on {len(pairs)} teacher samples ({cfg.distill_steps} steps)")
-    sft_stage(student_base, run / "student-distilled", pairs, cfg.sft(cfg.distill_steps), device, quiet, str(data))
+    sft_stage(student_base, run / "student-distilled", pairs, cfg.distill_sft(), device, quiet, str(data))
     clock.stage("RL-only", f"GRPO of the student alone ({cfg.student_rl_steps} steps, R1-Zero rewards)")
     grpo_stage(student_base, run / "student-rl", cfg.rl(cfg.student_rl_steps, 0.0), device, quiet)
     ev = evaluate_runs({"student base": student_base, "distilled student": run / "student-distilled",
                         "RL-only student": run / "student-rl"}, cfg, device, clock)
     clock.end()
-    out = {"rejection": stats, "eval": ev, "student_base": str(student_base),
+    # each arm's compute beside its accuracy (R1 §2.4 argues from cost): the wall time of what it adds to
+    # the student base, in this process (a stage skipped on --resume or data passed in counts 0)
+    spent = {"student base": clock.times.get("student base"),
+             "distilled student": clock.times.get("distill data", 0.0) + clock.times.get("distilled", 0.0),
+             "RL-only student": clock.times.get("RL-only")}
+    for name, res in ev.items():
+        for r in res["tasks"].values():
+            r["train_s"] = spent[name]
+    out = {"rejection": stats, "eval": ev, "student_base": str(student_base), "student_corpus": corpus,
            "student_params": count_params(student_cfg)["total"]}
     write_json_atomic(run / "results.json", out)
     return out

@@ -96,9 +96,10 @@ def table_keys(k: int, protocol: bool = False) -> list[str]:
     """The columns of every table r1 prints: R1's protocol (pass@1, cons@k over k samples at T=0.6; with
     `protocol`, `eval`'s full table, also the unbiased pass@k and greedy accuracy), the format and
     readability rates, how long and how fully the model thinks, how often it reflects, and for countdown
-    the attempts its search tries (a column only when a countdown row is in the table)."""
+    the attempts its search tries (a column only when a countdown row is in the table), and for the arms of
+    distillation the wall time of their training, `train_s` (a column only when a row has it)."""
     return ["pass@1", f"cons@{k}", *([f"pass@{k}", "greedy"] if protocol else []), "format", "consistency",
-            "think_len", "full_think", "reflect", "attempts"]
+            "think_len", "full_think", "reflect", "attempts", "train_s"]
 
 
 def rows_by_task(results: dict[str, dict]) -> dict[str, dict]:
@@ -107,12 +108,19 @@ def rows_by_task(results: dict[str, dict]) -> dict[str, dict]:
 
 
 def _cell(key: str, v) -> str:
-    return "-" if v is None else (f"{v:.1f}" if "len" in key or key == "attempts" else f"{100 * v:.1f}%")
+    if v is None:
+        return "-"
+    if key == "train_s":
+        return f"{v:.0f} s"
+    return f"{v:.1f}" if "len" in key or key == "attempts" else f"{100 * v:.1f}%"
+
+
+OPTIONAL = ("attempts", "train_s")  # columns shown only when some row has them (countdown; distillation's arms)
 
 
 def _shown(keys: list[str], rows: dict[str, dict]) -> list[str]:
-    """The keys without "attempts" unless some row has it (a countdown row)."""
-    return [k for k in keys if k != "attempts" or any(r.get(k) is not None for r in rows.values())]
+    """The keys without the OPTIONAL ones that no row has."""
+    return [k for k in keys if k not in OPTIONAL or any(r.get(k) is not None for r in rows.values())]
 
 
 def format_table(rows: dict[str, dict], keys: list[str]) -> str:

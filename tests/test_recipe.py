@@ -285,6 +285,44 @@ def test_distill_smoke(zero, tmp_path):
     for part in ("student-base", "student-distilled", "student-rl"):
         assert (tmp_path / "d" / part / "ckpt" / "latest").exists()
     assert "distilled student add" in res.stdout
+    for name in ("distilled student", "RL-only student"):  # each arm's training time beside its accuracy
+        assert out["eval"][name]["tasks"]["add"]["train_s"] > 0
+
+
+def test_answers_student_never_sees_a_worked_solution():
+    """The default student (the paper's setting, R1 §2.4): its pre-training corpus is direct answers only,
+    in the main phase and the final mix alike; the "worked" control trains on the teacher's corpus."""
+    from data import build_corpus
+    from recipe import RecipeConfig
+
+    pre = RecipeConfig().pretrain()
+    assert pre.steps == RecipeConfig.student_pretrain_steps and pre.decay_at_greedy == 0 and pre.final_mix_steps == 0
+    for lf, sf in ((pre.long_frac, pre.short_frac), (pre.final_long_frac, pre.final_short_frac)):
+        pairs = build_corpus(300, tasks=TASKS, seed=1, long_frac=lf, short_frac=sf, reflect_rate=pre.reflect_rate)
+        assert all(c.startswith("<think></think><answer>") for _, c in pairs)
+    worked = RecipeConfig(student_corpus="worked").pretrain()
+    assert (worked.long_frac, worked.decay_at_greedy) == (TrainConfig.long_frac, TrainConfig.decay_at_greedy)
+    with pytest.raises(recipe.R1Error, match="--student-corpus"):
+        RecipeConfig(student_corpus="books")
+
+
+def test_distillation_data_is_one_sample_of_many_prompts():
+    from recipe import RecipeConfig
+
+    cfg = RecipeConfig()
+    dev3, dist = cfg.rejection(), cfg.distill_rejection()
+    assert (dist.n_prompts, dist.k) == (cfg.distill_prompts, 1) and dist.seed != dev3.seed
+    assert dist.min_consistency == dev3.min_consistency == 1.0
+
+
+def test_train_s_column_only_where_a_row_has_it():
+    from report import format_table, table_keys
+
+    rows = {"a add": {"pass@1": 0.5}, "b add": {"pass@1": 0.25}}
+    assert "train_s" not in format_table(rows, table_keys(8))
+    rows["b add"]["train_s"] = 123.4
+    table = format_table(rows, table_keys(8))
+    assert "train_s" in table and "123 s" in table.splitlines()[2]
 
 
 def test_recipe_smoke_and_resume(zero, tmp_path):
