@@ -479,10 +479,14 @@ class RecipeConfig:
     def for_smoke(cls, **kw) -> "RecipeConfig":
         return cls(**{**SMOKE["recipe"], "smoke": True, **kw})
 
-    def sft(self, steps: int) -> TrainConfig:
-        return TrainConfig(steps=steps, batch_size=self.sft_batch_size, lr=self.sft_lr, warmup=min(10, steps),
-                           decay_steps=steps, final_mix_steps=0, decay_at_greedy=0.0, seed=self.seed, tasks=self.tasks, eval_every=0, eval_n=min(20, self.eval_n),
-                           ckpt_every=0, completion_only=True)
+    def sft(self, steps: int, lr: float | None = None, batch_size: int | None = None,
+            warmup: int = 10) -> TrainConfig:
+        """An SFT stage: loss on completions, a cosine over all its steps; the SFT stages' lr and batch unless
+        given (distillation gives its own)."""
+        return TrainConfig(steps=steps, batch_size=batch_size or self.sft_batch_size, lr=lr or self.sft_lr,
+                           warmup=min(warmup, steps), decay_steps=steps, final_mix_steps=0, decay_at_greedy=0.0,
+                           seed=self.seed, tasks=self.tasks, eval_every=0, eval_n=min(20, self.eval_n), ckpt_every=0,
+                           completion_only=True)
 
     def rl(self, steps: int, consistency_weight: float) -> GRPOConfig:
         small = SMOKE["recipe_rl"] if self.smoke else {}
@@ -491,10 +495,7 @@ class RecipeConfig:
                           eval_n=min(20, self.eval_n), eval_k=2, ckpt_every=0, **small)
 
     def distill_sft(self) -> TrainConfig:
-        return TrainConfig(steps=self.distill_steps, batch_size=self.distill_batch_size, lr=self.distill_lr,
-                           warmup=min(30, self.distill_steps), decay_steps=self.distill_steps, final_mix_steps=0,
-                           decay_at_greedy=0.0, seed=self.seed, tasks=self.tasks, eval_every=0,
-                           eval_n=min(20, self.eval_n), ckpt_every=0, completion_only=True)
+        return self.sft(self.distill_steps, lr=self.distill_lr, batch_size=self.distill_batch_size, warmup=30)
 
     def rejection(self) -> RejectionConfig:
         return RejectionConfig(n_prompts=self.rs_prompts, k=self.rs_k, max_new_tokens=self.max_completion_length,
