@@ -2,7 +2,7 @@
 
     python r1.py                      the whole R1-Zero story on the tiny config (tokenizer, base
                                       model, base eval, GRPO, eval again, table, report.md, plots)
-                                      in runs/zero: 14 to 18 minutes on 2 CPU cores
+                                      in runs/zero: 10 to 14 minutes on 2 CPU cores
     python r1.py ask runs/zero "123+456"            ask the trained model a question, watch it think (ask.py)
     python r1.py eval runs/zero                     R1's evaluation protocol (evaluate.py)
     python r1.py sample runs/zero --task add        print a few completions of held-out problems

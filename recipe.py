@@ -448,8 +448,8 @@ class RecipeConfig:
     student_corpus: str = "answers"
     student_pretrain_steps: int = 600  # "answers": a cosine over this many ("worked" trains until the skill appears)
     distill_prompts: int = 20000  # R1 answers this many training prompts once each; right, readable answers are kept
-    # SFT of the student base on them: for an "answers" student a new skill, so pre-training's lr and batch,
-    # not the SFT stages'; it appears after ~1,000-1,250 steps (1,500 steps: 63-93% right; 2,500: 95.0%)
+    # SFT of the student base on them: for an "answers" student a new skill, so a pre-training lr and batch
+    # (3e-3, 64), not the SFT stages'; it appears after ~1,000-1,250 steps (1,500 steps: 63-93% right; 2,500: 95.0%)
     distill_steps: int = 2500
     distill_lr: float = 3e-3
     distill_batch_size: int = 64
@@ -513,7 +513,8 @@ class RecipeConfig:
             return TrainConfig(seed=self.seed, tasks=self.tasks, **small,
                                **({"steps": self.student_pretrain_steps} if self.smoke else {}))
         steps = self.student_pretrain_steps
-        return TrainConfig(steps=steps, decay_steps=steps, warmup=min(50, steps - 1), decay_at_greedy=0.0,
+        # lr 3e-3: a plain cosine with no gate, measured at 3e-3 (the story's base holds 2e-3 until its gate)
+        return TrainConfig(steps=steps, lr=3e-3, decay_steps=steps, warmup=min(50, steps - 1), decay_at_greedy=0.0,
                            long_frac=0.0, short_frac=1.0, final_mix_steps=0, final_long_frac=0.0,
                            final_short_frac=1.0, reflect_rate=0.0, seed=self.seed, tasks=self.tasks, **small)
 

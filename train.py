@@ -49,7 +49,7 @@ from runs import (MAX_EVAL_N, Metrics, Progress, R1Error, World, autocast, check
 class TrainConfig:
     steps: int = 2400  # optimizer steps; with decay_at_greedy, the most the run may take
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 2e-3  # held until the skill gate; at 3e-3 late seeds never settled the skill (docs/traps.md)
     min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
     warmup: int = 50
     decay_steps: int = 300  # V3 §4.2's shape: constant lr after the warm-up, then a cosine over decay_steps steps
