@@ -96,11 +96,12 @@ def format_reward(completion: str) -> float:
     return 1.0 if _blocks(completion) is not None else 0.0
 
 
-# One step of readable thinking, alone on its line: "3+2+0=5", "5x-2x=3x", "x=15/3=5", "375-3=372 no",
-# the word "swap", or the summary "=6905". Segments of [0-9x()+*/-] joined by "=" (at least one "=";
-# the first segment may be empty only in the summary), an optional " no"; no class contains "=" or " ",
-# so the match is linear in the line's length.
-_READABLE_STEP = re.compile(r"swap|=[0-9/-]+|[0-9x()+*/-]+(?:=[0-9x()+*/-]+)+(?: no)?")
+# One step of readable thinking, alone on its line: "3+2+0=5", "5x-2x=3x", "x=15/3=5", a countdown
+# attempt's last step with its check "46+18=64 33<64 no" or "27+6=33 33=33", the word "swap", or the
+# summary "=6905". Segments of [0-9x()+*/-] joined by "=" (at least one "="; the first segment may be
+# empty only in the summary), an optional check and " no"; no class contains "=" or " ", so the match is
+# linear in the line's length.
+_READABLE_STEP = re.compile(r"swap|=[0-9/-]+|[0-9x()+*/-]+(?:=[0-9x()+*/-]+)+(?: [0-9]+[<>=][0-9]+)?(?: no)?")
 
 
 def consistency_reward(completion: str) -> float:

@@ -42,13 +42,14 @@ class Step:
     """One step of a worked solution, written `lhs=value` + unit + note, or just `lhs` when value is None.
 
     Examples: Step("3+2+0", 5) -> "3+2+0=5"; Step("5x-2x", 3, unit="x") -> "5x-2x=3x";
-    Step("375-3", 372, note=" no") -> "375-3=372 no" (a countdown dead end); Step("swap") -> "swap".
+    Step("46+18", 64, note=" 33<64 no") -> "46+18=64 33<64 no" (a countdown dead end, checked against the
+    target 33); Step("swap") -> "swap".
     Steps never contain a space except in the note, so a thinking text is the steps joined by " ".
     """
     lhs: str
     value: int | Fraction | None = None
     unit: str = ""   # written right after the value: the "x" of a coefficient
-    note: str = ""   # written after the whole step: " no" marks a countdown attempt that missed the target
+    note: str = ""   # written after the whole step: a countdown attempt's check, " 33<64 no" for a miss
 
     def __str__(self) -> str:
         if self.value is None:

@@ -10,13 +10,21 @@ to 99 and also allows (a.b).(c.d) shapes and fractions; a chain keeps the one th
 over, the value so far, right before it.) The numbers are listed sorted, so two problems with the same
 numbers and target are the same question.
 
-The worked solution is a search. An attempt is a chain that uses every number once; an attempt that
-misses the target is a dead end, its last step marked " no", and the next attempt starts over; the
-attempt that reaches the target is the solution, and the answer writes it as one expression:
+The worked solution is a search. An attempt is a chain that uses every number once, and it ends with a
+check: the target copied, then how it compares with the chain's result ("33<64"). An attempt that misses
+is a dead end, marked " no", and the next attempt starts over; the attempt that reaches the target ("33=33")
+is the solution, and the answer writes it as one expression:
 
     question  6 11 18 20 -> 33
-    thinking  6*11=66 66-20=46 46+18=64 no 20-11=9 9+18=27 27+6=33
+    thinking  6*11=66 66-20=46 46+18=64 33<64 no 20-11=9 9+18=27 27+6=33 33=33
     answer    20-11+18+6
+
+Why the check is written out: without it (an earlier version: "46+18=64 no"), the model had to compare
+the result with the target in the prompt in the one token that decides between " no" and stopping. A
+tiny model did that badly. After RL, 31.6% of its held-out samples stopped on an attempt that missed and
+answered with it, which is the commonest way it was wrong (python -m tools.countdown_failures,
+docs/results.md §8). Copying the target next to the result turns the decision into a comparison of two
+numbers a few tokens apart.
 
 Each problem shows 0 to MAX_DEAD_ENDS dead ends first (how many and which by a hash of the question, so
 a problem always gets the same thinking), distinct chains drawn at random. So a model pre-trained on
@@ -47,6 +55,7 @@ MAX_DEAD_ENDS = 3              # a worked solution shows 0..MAX_DEAD_ENDS failed
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 _AST_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 _STEP = re.compile(r"\d+[-+*/]\d+=\d+")  # one worked step, "13*4=52"
+_CHECK = re.compile(r"\d+[<>=]\d+")  # an attempt checked against the target, "33<64"
 
 
 def generate(rng: random.Random, difficulty: int) -> Problem:
@@ -119,7 +128,8 @@ def steps(problem: Problem) -> list[Step]:
 
 def solution_steps(problem: Problem) -> list[Step]:
     """The steps of the solution alone (the attempt that reaches the target), in evaluation order."""
-    return _steps_of(problem.solution)
+    steps = _steps_of(problem.solution)
+    return steps[:-1] + [_checked(steps[-1], int(problem.answer))]
 
 
 def answer_text(problem: Problem) -> str:
@@ -129,11 +139,12 @@ def answer_text(problem: Problem) -> str:
 def attempts(text: str) -> int:
     """Complete attempts in a completion's thinking: its dead ends (steps marked " no") plus one when the
     thinking ends on a worked step (an attempt it stopped at and answered from) rather than on a guess
-    or a dead end. "6*11=66 66-20=46 46+18=64 no 20-11=9 9+18=27 27+6=33" -> 2; "" -> 0."""
+    or a dead end; a check ("33=33") counts as its attempt's last step.
+    "6*11=66 66-20=46 46+18=64 33<64 no 20-11=9 9+18=27 27+6=33 33=33" -> 2; "" -> 0."""
     if "<think>" not in text:
         return 0
     words = text.split("<think>", 1)[1].split("</think>", 1)[0].split()
-    return words.count("no") + bool(words and _STEP.fullmatch(words[-1]))
+    return words.count("no") + bool(words and (_STEP.fullmatch(words[-1]) or _CHECK.fullmatch(words[-1])))
 
 
 def _valid_ops(a: int, b: int) -> list[tuple[str, int]]:
@@ -221,5 +232,12 @@ def dead_ends(problem: Problem) -> list[Step]:
             continue
         seen.add(chain[-1][1])
         attempt = _steps_of(chain[-1][1])
-        out += attempt[:-1] + [Step(attempt[-1].lhs, attempt[-1].value, note=" no")]
+        out += attempt[:-1] + [_checked(attempt[-1], target)]
     return out
+
+
+def _checked(step: Step, target: int) -> Step:
+    """An attempt's last step with its check against the target written out: the target copied, then how
+    it compares with the result, and " no" for a miss: "46+18=64 33<64 no", "27+6=33 33=33"."""
+    sign = "=" if target == step.value else "<" if target < step.value else ">"
+    return Step(step.lhs, step.value, note=f" {target}{sign}{step.value}" + (" no" if sign != "=" else ""))

@@ -38,7 +38,7 @@ DIFFICULTIES = {task: family.DIFFICULTIES for task, family in FAMILIES.items()}
 EVAL_FRACTION = 0.1    # share of each problem space held out for evaluation
 EVAL_SEED = 20250122   # seed of the fixed held-out sets (eval_set); the R1 paper's arXiv date
 # Tokens a completion may take (the sampling budget) at the default difficulty: room for the longest
-# worked solution of the held-out set (add 54, mul 105, countdown 127 with its dead ends, linear 35;
+# worked solution of the held-out set (add 54, mul 105, countdown 147 with its dead ends and checks, linear 35;
 # tests/test_data.py checks that each budget covers it) and more.
 COMPLETION_BUDGET = {"add": 80, "mul": 128, "countdown": 160, "linear": 64}
 

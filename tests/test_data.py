@@ -31,8 +31,9 @@ def thinking_of(text: str) -> str:
 
 
 def split_steps(thinking: str) -> list[str]:
-    """Steps of a thinking text without reflection: joined by single spaces; a countdown dead end ends in ' no'."""
-    return [] if thinking == "" else thinking.replace(" no", "").split(" ")
+    """Steps of a thinking text without reflection: joined by single spaces; a countdown attempt ends in its
+    check against the target ("33<64"), a dead end then in ' no': a step keeps its check ("46+18=64 33<64")."""
+    return [] if thinking == "" else re.split(r" (?!\d+[<>=]\d+(?: |$))", thinking.replace(" no", ""))
 
 
 def arithmetic(expr: str) -> Fraction:
@@ -216,8 +217,8 @@ def test_worked_examples_from_the_docstrings():
     assert think(Problem("linear", "5x+3=2x+9", "2")) == "5x-2x=3x 3x=9-3=6 x=6/3=2"
     assert think(Problem("linear", "-3x+5=20", "-5")) == "-3x=20-5=15 x=-15/3=-5"
     countdown = Problem("countdown", "6 11 18 20 -> 33", "33", (6, 11, 18, 20), "20-11+18+6")
-    assert completion(countdown) == ("<think>6*11=66 66-20=46 46+18=64 no 20-11=9 9+18=27 27+6=33</think>"
-                                     "<answer>20-11+18+6</answer>")    # the module docstring's example
+    assert completion(countdown) == ("<think>6*11=66 66-20=46 46+18=64 33<64 no 20-11=9 9+18=27 27+6=33 33=33"
+                                     "</think><answer>20-11+18+6</answer>")    # the module docstring's example
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -304,20 +305,18 @@ def test_mul_countdown_linear_steps_are_true():
         dead_ends[len(failed)] += 1
         assert countdown.attempts(completion(p)) == len(failed) + 1
         assert len(set(failed)) == len(failed)                          # distinct dead ends
-        for attempt in failed:                                         # each a complete attempt that misses
-            steps = attempt.split(" ")
-            assert len(steps) == len(p.numbers) - 1 and int(steps[-1].split("=")[-1]) != int(p.answer)
+        target = int(p.answer)
+        for attempt in failed + [solution]:
+            *steps, check = attempt.split(" ")                          # its steps, then its check
+            assert len(steps) == len(p.numbers) - 1
             for step in steps:
                 check_step(step)
-        for step in solution.split(" "):
-            check_step(step)
-        for attempt in failed + [solution]:                            # chains: each step uses the value so far
-            steps = attempt.split(" ")
-            for before, step in zip(steps, steps[1:]):
-                value = before.split("=")[-1]
-                assert value in re.split(r"[-+*/]", step.split("=")[0]), (before, step)
-        assert solution.split("=")[-1] == p.answer                     # the real steps end at the target
-        assert len(solution.split(" ")) == len(p.numbers) - 1
+            for before, step in zip(steps, steps[1:]):                 # a chain: each step uses the value so far
+                assert before.split("=")[-1] in re.split(r"[-+*/]", step.split("=")[0]), (before, step)
+            value = int(steps[-1].split("=")[-1])                       # the check: target, how it compares, result
+            sign = "=" if target == value else "<" if target < value else ">"
+            assert check == f"{target}{sign}{value}", (attempt, check)
+            assert (sign == "=") == (attempt is solution)               # dead ends miss, the solution hits
     assert set(dead_ends) == set(range(countdown.MAX_DEAD_ENDS + 1))     # 0..3 dead ends, about evenly
     assert min(dead_ends.values()) > 60
     for p in problems_at_all_difficulties("linear", 100):
@@ -507,14 +506,54 @@ def test_countdown_attempts_and_full_thinking():
 
     p = Problem("countdown", "6 11 18 20 -> 33", "33", (6, 11, 18, 20), "20-11+18+6")
     assert countdown.attempts(completion(p)) == 2
-    assert countdown.attempts("<think>20-11=9 9+18=27 27+6=33</think><answer>20-11+18+6</answer>") == 1
+    assert countdown.attempts("<think>20-11=9 9+18=27 27+6=33 33=33</think><answer>20-11+18+6</answer>") == 1
+    assert countdown.attempts("<think>20-11=9 9+18=27 27+6=33</think><answer>20-11+18+6</answer>") == 1  # no check
     assert countdown.attempts("<think>6*11=66 66-20=46 46+18=64 no 20-11+18+6?</think><answer>x</answer>") == 1
     assert countdown.attempts("<think></think><answer>20-11+18+6</answer>") == 0
     assert countdown.attempts("no think tags at all") == 0
     assert countdown.attempts("x</think>1+2=3<think>4+5=9 no 1+1=2</think>") == 2  # any string, even out of order
-    assert full_completion(p) == "<think>20-11=9 9+18=27 27+6=33</think><answer>20-11+18+6</answer>"
+    assert full_completion(p) == "<think>20-11=9 9+18=27 27+6=33 33=33</think><answer>20-11+18+6</answer>"
     add = Problem("add", "_1663+_5242", "6905")
     assert full_completion(add) == completion(add)
+
+
+def test_countdown_failures_name_the_first_cause():
+    """tools.countdown_failures gives each wrong completion the first thing that broke it, in either format
+    (with the check written out, or the earlier one without it); a right completion has none."""
+    from tools.countdown_failures import cause, repeats_a_dead_end
+
+    p = Problem("countdown", "6 11 18 20 -> 33", "33", (6, 11, 18, 20), "20-11+18+6")
+    cases = {
+        completion(p): None,
+        "<think>20-11=9 9+18=27 27+6=33</think><answer>20-11+18+6</answer>": None,
+        "<think>20-11=9 9+18=27": "no answer",
+        "<think></think><answer>20+11-18+6</answer>": "answered at once",
+        "<think>20-11=9 9+18=28 28+6=33 33=33</think><answer>20-11+18+6+1</answer>": "slip in a step",
+        "<think>6*11=66 66-20=46 46+18=64 33>64 no</think><answer>6</answer>": "wrong check",
+        "<think>6*11=66 66-20=46 46+18=64 34<64 no</think><answer>6</answer>": "wrong check",
+        "<think>20-11=9 9+18=27 27+6=33 33=33 no</think><answer>6</answer>": "missed a hit",
+        "<think>6*11=66 66-20=46 46+18=64 33<64 no 20-11+18?</think><answer>20-11+18</answer>": "stopped at a guess",
+        "<think>6*11=66 66-20=46 46+18=64</think><answer>6*11-20+18</answer>": "answered a miss",
+        "<think>6*11=66 66-20=46 46+18=64 33<64</think><answer>6*11-20+18</answer>": "answered a miss",
+        "<think>20+20=40 40-18=22 22+11=33 33=33</think><answer>20+20-18+11</answer>": "hit, wrong numbers",
+        "<think>20-11=9 9+18=27 27+6=33 33=33</think><answer>20-11+18-6</answer>": "answer off",
+    }
+    for text, why in cases.items():
+        assert cause(p, text) == why, text
+    assert cause(Problem("countdown", "2 3 15 -> 14", "14", (2, 3, 15), "15+2-3"),
+                 "<think>15+2=17 17-2=15 14<15</think><answer>15+2-2</answer>") == "answered a miss"
+    dead = "6*11=66 66-20=46 46+18=64 33<64 no "
+    assert repeats_a_dead_end(f"<think>{dead}{dead}20-11=9</think>")
+    assert not repeats_a_dead_end(completion(p)) and not repeats_a_dead_end("any string</think>no no")
+
+
+def test_countdown_failures_bad_input_is_one_error_line(tmp_path, capsys):
+    from tools.countdown_failures import main
+
+    assert main([str(tmp_path / "no-such-run")]) == 2
+    assert main([str(tmp_path), "--n", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err), err
 
 
 def test_countdown_odds_of_blind_search():

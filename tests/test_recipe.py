@@ -106,6 +106,7 @@ def test_readable_example_of_the_docstring():
     ("\n3+2+0=5\n6+4+0=10 6+2+1=9\n", 1 / 3),            # a mix: one readable word of three
     ("\nswap\n2-3-0=-1\n", 1.0),
     ("\n375-3=372 no\nx=15/3=5\n5x-2x=3x\n", 1.0),
+    ("\n46+18=64 33<64 no\n27+6=33 33=33\n", 1.0),                 # countdown attempts with their checks
     ("", 0.0),                                           # no thinking at all
     ("\n\n", 0.0),
     ("\n3+2+0=5\nwait\n", 0.5),
