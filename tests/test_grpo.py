@@ -366,7 +366,8 @@ def test_story_budget_and_base_check_per_family():
 
     assert (story_configs(("add",), 0)[1].max_completion_length, story_configs(("add",), 0)[1].steps) == (80, 80)
     both = story_configs(("add", "countdown"), 0)[1]
-    assert (both.max_completion_length, both.steps) == (160, 300)
+    assert (both.max_completion_length, both.steps, both.mask_truncated_completions) == (160, 300, True)
+    assert not story_configs(("add", "mul"), 0)[1].mask_truncated_completions
     ready = {"acc_full_think": 0.3, "full_think": 0.5, "pass@1": 0.1}
     assert base_not_ready({"countdown": ready}) is None                          # countdown's bar is 20%
     assert "on add, when it thinks fully it is right only 30%" in base_not_ready({"countdown": ready, "add": ready})
