@@ -54,8 +54,8 @@ MAX_VALUE = 100                # bound on the target and every intermediate resu
 MAX_DEAD_ENDS = 3              # a worked solution shows 0..MAX_DEAD_ENDS failed attempts first
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 _AST_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
-_STEP = re.compile(r"\d+[-+*/]\d+=\d+")  # one worked step, "13*4=52"
-_CHECK = re.compile(r"\d+[<>=]\d+")  # an attempt checked against the target, "33<64"
+STEP = re.compile(r"(\d+)([-+*/])(\d+)=(\d+)")  # one worked step, "13*4=52": a, op, b, result
+CHECK = re.compile(r"(\d+)([<>=])(\d+)")  # an attempt checked against the target, "33<64": target, sign, result
 
 
 def generate(rng: random.Random, difficulty: int) -> Problem:
@@ -144,7 +144,7 @@ def attempts(text: str) -> int:
     if "<think>" not in text:
         return 0
     words = text.split("<think>", 1)[1].split("</think>", 1)[0].split()
-    return words.count("no") + bool(words and (_STEP.fullmatch(words[-1]) or _CHECK.fullmatch(words[-1])))
+    return words.count("no") + bool(words and (STEP.fullmatch(words[-1]) or CHECK.fullmatch(words[-1])))
 
 
 def _valid_ops(a: int, b: int) -> list[tuple[str, int]]:

@@ -26,7 +26,6 @@ already marked " no" (a search with no memory of what failed).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -44,10 +43,13 @@ from sampler import complete  # noqa: E402
 
 CAUSES = ("no answer", "answered at once", "slip in a step", "wrong check", "missed a hit",
           "stopped at a guess", "answered a miss", "hit, wrong numbers", "answer off", "other")
-_STEP = re.compile(r"(\d+)([-+*/])(\d+)=(\d+)")
-_CHECK = re.compile(r"(\d+)([<>=])(\d+)")
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
         "/": lambda a, b: a // b if b and a % b == 0 else None}
+
+
+def thinking(text: str) -> str:
+    """The text between <think> and </think> (all of it up to </think> when a tag is missing)."""
+    return text.split("</think>", 1)[0].split("<think>", 1)[-1].strip()
 
 
 def attempts_of(think: str) -> list[tuple[list[tuple[int, str, int, int]], tuple[int, str, int] | None]]:
@@ -58,9 +60,9 @@ def attempts_of(think: str) -> list[tuple[list[tuple[int, str, int, int]], tuple
         if word == "no":
             out.append((steps, check))
             steps, check = [], None
-        elif m := _STEP.fullmatch(word):
+        elif m := countdown.STEP.fullmatch(word):
             steps.append((int(m[1]), m[2], int(m[3]), int(m[4])))
-        elif m := _CHECK.fullmatch(word):
+        elif m := countdown.CHECK.fullmatch(word):
             check = (int(m[1]), m[2], int(m[3]))
     if steps or check:
         out.append((steps, check))
@@ -97,7 +99,7 @@ def cause(problem, text: str) -> str | None:
         return None
     if "</think>" not in text or "<answer>" not in text or "</answer>" not in text:
         return "no answer"
-    think = text.split("</think>", 1)[0].removeprefix("<think>").strip()
+    think = thinking(text)
     if not think:
         return "answered at once"
     attempts, target, last = attempts_of(think), int(problem.answer), think.split()[-1]
@@ -110,7 +112,7 @@ def cause(problem, text: str) -> str | None:
         return "missed a hit"
     if last.endswith("?"):
         return "stopped at a guess"
-    if last == "no" or not (_STEP.fullmatch(last) or _CHECK.fullmatch(last)) or not attempts[-1][0]:
+    if last == "no" or not (countdown.STEP.fullmatch(last) or countdown.CHECK.fullmatch(last)) or not attempts[-1][0]:
         return "other"
     chain = attempts[-1][0]
     if chain[-1][3] != target:
@@ -123,7 +125,7 @@ def cause(problem, text: str) -> str | None:
 def repeats_a_dead_end(text: str) -> bool:
     """Whether the thinking tries again an attempt it already marked " no" (the same steps in order):
     every attempt before the last ended at " no"."""
-    chains = [tuple(steps) for steps, _ in attempts_of(text.split("</think>", 1)[0].split("<think>")[-1])]
+    chains = [tuple(steps) for steps, _ in attempts_of(thinking(text))]
     return any(c in chains[:i] for i, c in enumerate(chains))
 
 
