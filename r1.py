@@ -83,6 +83,8 @@ CONFIG_HELP = {
                        "final mix begins (>= 1)",
         "decay_at_greedy": "hold the lr until held-out greedy accuracy reaches this, then decay and end "
                            "(0 to 1; 0 = train for --steps; --steps is then a cap)",
+        "gate_temperature": "the skill gate reads greedy accuracy (0) or the pass@1 of 8 samples a problem at this "
+                            "temperature (0 to 2; the story uses 0.6 for countdown)",
         "weight_decay": "AdamW weight decay of the matrices (>= 0; V3: 0.1)",
         "beta1": "AdamW beta1 (0 <= beta1 < 1)",
         "beta2": "AdamW beta2 (0 <= beta2 < 1; V3: 0.95)",
@@ -760,7 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", required=True, help="run directory to start from")
     add_config_args(p, TrainConfig, skip=("completion_only", "tasks", "long_frac", "short_frac", "final_mix_steps",
                                           "final_long_frac", "final_short_frac", "reflect_rate", "difficulty",
-                                          "decay_at_greedy"))
+                                          "decay_at_greedy", "gate_temperature"))
     p.set_defaults(fn=cmd_sft)
 
     p = sub.add_parser("zero", help="(the default) the whole R1-Zero story on the tiny config")

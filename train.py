@@ -7,9 +7,10 @@ sequence-wise balance loss. AdamW (beta2 0.95, weight decay 0.1 as in V3), gradi
 and the aux-loss-free MoE bias update after every optimizer step from that step's expert loads.
 
 The schedule is V3's shape (§4.2): linear warm-up, a constant lr, a cosine decay to min_lr_frac * lr. The
-constant phase lasts until the skill appears: pre-training checks the held-out greedy accuracy at each
-evaluation and, once it reaches decay_at_greedy, runs the decay and then the final mix (fewer worked
-solutions, at the lowest lr) and stops (docs/traps.md, "A skill that appears at an unknown step").
+constant phase lasts until the skill appears: pre-training checks the held-out accuracy at each
+evaluation (greedy, or for a search like countdown's the pass@1 of samples at gate_temperature) and, once
+it reaches decay_at_greedy, runs the decay and then the final mix (fewer worked solutions, at the lowest
+lr) and stops (docs/traps.md, "A skill that appears at an unknown step").
 
 In one process, a step's batch runs as one or two micro-batches of similar lengths (length_groups: less padding),
 their losses weighted back to the whole batch's and their gradients summed.
@@ -45,6 +46,9 @@ from runs import (MAX_EVAL_N, Metrics, Progress, R1Error, World, autocast, check
                   set_rng_state)
 
 
+GATE_K = 8  # samples a held-out problem when the skill gate reads sampled accuracy (50 x 8 at T=0.6: ~2 s)
+
+
 @dataclass
 class TrainConfig:
     steps: int = 2400  # optimizer steps; with decay_at_greedy, the most the run may take
@@ -73,6 +77,10 @@ class TrainConfig:
     # > 0: hold the lr until the held-out greedy accuracy (checked every eval_every steps; never when that is 0)
     # reaches this, then end the run with the decay and the final mix; `steps` is then a cap (0 = always `steps`)
     decay_at_greedy: float = 0.3
+    # the gate's accuracy: 0 = greedy; > 0 = the pass@1 of GATE_K samples a problem at this temperature. A greedy
+    # search loops on its first dead end until the lr decays, so countdown's greedy accuracy says little about
+    # what sampling (and RL) gets from the model (docs/traps.md); its story gates on samples at 0.6
+    gate_temperature: float = 0.0
     eval_every: int = 100  # held-out loss and greedy accuracy every N steps (0 = only at the end)
     eval_n: int = 50  # held-out problems per task for those evaluations
     ckpt_every: int = 300
@@ -98,6 +106,8 @@ class TrainConfig:
             raise R1Error(f"--decay-steps must be >= 1, got {self.decay_steps}")
         if not 0 <= self.decay_at_greedy <= 1:
             raise R1Error(f"--decay-at-greedy must be in [0, 1], got {self.decay_at_greedy}")
+        if not 0 <= self.gate_temperature <= 2:
+            raise R1Error(f"--gate-temperature must be in [0, 2], got {self.gate_temperature}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1) or self.weight_decay < 0 or self.grad_clip <= 0:
             raise R1Error("--beta1/--beta2 must be in [0, 1), --weight-decay >= 0 and --grad-clip > 0")
         self.tasks = tuple(self.tasks)
@@ -357,28 +367,32 @@ def train_lm(run: Path, model: Transformer, tok: Tokenizer, cfg: TrainConfig, ba
         # 5. eval (rank 0, on the whole model), the skill gate, and checkpoint
         done = step + 1 == end
         if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or done:
-            greedy = torch.zeros(())
+            acc = torch.zeros(())
+            temp = cfg.gate_temperature
+            kind = "sampled" if temp else "greedy"
             with world.full_model(model) as full:
                 if world.is_main:
                     problems = eval_problems(cfg.tasks, cfg.eval_n, cfg.difficulty)
                     ev = {"heldout_loss": heldout_loss(full, tok, problems, device)}
-                    res = evaluate(full, tok, problems, k=1, temperature=0.0, greedy=False,
-                                   max_new_tokens=completion_budget(cfg.tasks))
-                    ev |= {f"greedy_{t}": r["pass@1"] for t, r in res["tasks"].items()}
+                    # greedy, or GATE_K samples at temp from a generator seeded by the step (the global RNG,
+                    # which resume restores, is left alone)
+                    res = evaluate(full, tok, problems, k=GATE_K if temp else 1, temperature=temp, greedy=False,
+                                   seed=step + 1, max_new_tokens=completion_budget(cfg.tasks))
+                    ev |= {f"{kind}_{t}": r["pass@1"] for t, r in res["tasks"].items()}
                     metrics.log(stage=stage, step=step + 1, eval=ev)
                     progress.message(f"  eval @ {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
                     last |= ev
-                    greedy = torch.tensor(res["overall"]["pass@1"])
-            # the skill gate: once greedy accuracy reaches decay_at_greedy, the lr decays and the final
-            # mix runs for the steps that remain (every rank learns rank 0's greedy accuracy)
+                    acc = torch.tensor(res["overall"]["pass@1"])
+            # the skill gate: once that accuracy reaches decay_at_greedy, the lr decays and the final
+            # mix runs for the steps that remain (every rank learns rank 0's accuracy)
             if cfg.decay_at_greedy and skill_at is None and not done:
-                if float(world.all_reduce_sum(greedy)) >= cfg.decay_at_greedy:
+                if float(world.all_reduce_sum(acc)) >= cfg.decay_at_greedy:
                     skill_at = step + 1
                     end = end_after_skill(skill_at, cfg)
                     progress.total = end
                     if world.is_main:
                         metrics.log(stage=stage, step=step + 1, skill_at=step + 1, end=end)
-                    progress.message(f"  greedy accuracy reached {cfg.decay_at_greedy:g} at step {step + 1}: "
+                    progress.message(f"  {kind} accuracy reached {cfg.decay_at_greedy:g} at step {step + 1}: "
                                      f"the lr decays and the final mix runs until step {end}")
                     done = step + 1 == end
         if (cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0) or done:

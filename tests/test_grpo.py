@@ -368,6 +368,8 @@ def test_story_budget_and_base_check_per_family():
     both = story_configs(("add", "countdown"), 0)[1]
     assert (both.max_completion_length, both.steps, both.mask_truncated_completions) == (160, 300, True)
     assert not story_configs(("add", "mul"), 0)[1].mask_truncated_completions
+    # the skill gate reads sampled accuracy where countdown's search is in the mix, greedy elsewhere
+    assert [story_configs(t, 0)[0].gate_temperature for t in (("add", "mul"), ("add", "countdown"))] == [0.0, 0.6]
     ready = {"acc_full_think": 0.3, "full_think": 0.5, "pass@1": 0.1}
     assert base_not_ready({"countdown": ready}) is None                          # countdown's bar is 20%
     assert "on add, when it thinks fully it is right only 30%" in base_not_ready({"countdown": ready, "add": ready})

@@ -515,6 +515,40 @@ def test_skill_gate_ends_the_run_with_the_decay_and_resumes_exactly(tok, tmp_pat
     assert all(torch.equal(sa[k], sr[k]) for k in sa)
 
 
+def test_skill_gate_on_sampled_accuracy(tok, tmp_path, monkeypatch):
+    """gate_temperature > 0: the gate reads the pass@1 of GATE_K samples a problem at that temperature,
+    logged as sampled_<task>, from a generator seeded by the step, so the run's own RNG (which resume
+    restores) is untouched: the weights equal those of a run whose gate reads greedy accuracy and fires at
+    the same step."""
+    def run(path, temperature):
+        seen = []
+
+        def fake_evaluate(model, tok, problems, **kw):  # accuracy 0, then 1.0 from the second evaluation
+            seen.append(kw)
+            if kw["temperature"]:  # what a sampled evaluation does to RNGs: draws from its own generator
+                torch.rand(3, generator=torch.Generator().manual_seed(kw["seed"]))
+            acc = 1.0 if len(seen) >= 2 else 0.0
+            return {"tasks": {"add": {"pass@1": acc}}, "overall": {"pass@1": acc}}
+        monkeypatch.setattr(train, "evaluate", fake_evaluate)
+        cfg = TrainConfig(steps=20, batch_size=4, lr=3e-3, warmup=1, decay_steps=2, final_mix_steps=1, eval_every=2,
+                          eval_n=4, ckpt_every=0, decay_at_greedy=0.5, gate_temperature=temperature, seed=3)
+        model = make_run(path, tok, cfg, seed=3)
+        last = train_lm(path, model, tok, cfg, pretrain_batches(cfg), CPU, quiet=True)
+        return model, last, seen, list(runs.Metrics(path / "metrics.jsonl").read())
+
+    model_s, last, seen, rows = run(tmp_path / "sampled", 0.6)
+    assert last["step"] == 4 + 2 + 1                                            # fired at the 2nd evaluation
+    assert [(kw["k"], kw["temperature"], kw["seed"]) for kw in seen] == [(train.GATE_K, 0.6, 2), (train.GATE_K, 0.6, 4),
+                                                                          (train.GATE_K, 0.6, 6), (train.GATE_K, 0.6, 7)]
+    assert [set(r["eval"]) for r in rows if "eval" in r] == [{"heldout_loss", "sampled_add"}] * 4
+    model_g, _, seen, _ = run(tmp_path / "greedy", 0.0)
+    assert [(kw["k"], kw["temperature"]) for kw in seen] == [(1, 0.0)] * 4
+    sg, ss = model_g.state_dict(), model_s.state_dict()
+    assert all(torch.equal(sg[k], ss[k]) for k in sg)
+    with pytest.raises(R1Error, match="--gate-temperature"):
+        TrainConfig(gate_temperature=-0.1)
+
+
 def recipe_finished(run: Path, cfg: TrainConfig) -> bool:
     import recipe
     return recipe._finished(run, cfg.steps, pretrain=cfg)
