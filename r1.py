@@ -81,8 +81,8 @@ CONFIG_HELP = {
         "warmup": "steps of linear learning-rate warm-up (>= 0)",
         "decay_steps": "the lr is constant after the warm-up, then a cosine decay over N steps, ending where the "
                        "final mix begins (>= 1)",
-        "decay_at_greedy": "hold the lr until held-out greedy accuracy reaches this, then decay and end "
-                           "(0 to 1; 0 = train for --steps; --steps is then a cap)",
+        "decay_at_greedy": "hold the lr until held-out accuracy (greedy, or sampled: --gate-temperature) reaches "
+                           "this, then decay and end (0 to 1; 0 = train for --steps; --steps is then a cap)",
         "gate_temperature": "the skill gate reads greedy accuracy (0) or the pass@1 of 8 samples a problem at this "
                             "temperature (0 to 2; the story uses 0.6 for countdown)",
         "weight_decay": "AdamW weight decay of the matrices (>= 0; V3: 0.1)",

@@ -74,7 +74,7 @@ class TrainConfig:
     final_short_frac: float = 0.6
     reflect_rate: float = 0.2  # share of early stops written REFLECT: guess, " wait", the rest (data/corpus.py)
     difficulty: int | None = None  # None = each task's default
-    # > 0: hold the lr until the held-out greedy accuracy (checked every eval_every steps; never when that is 0)
+    # > 0: hold the lr until the held-out accuracy (checked every eval_every steps; never when that is 0)
     # reaches this, then end the run with the decay and the final mix; `steps` is then a cap (0 = always `steps`)
     decay_at_greedy: float = 0.3
     # the gate's accuracy: 0 = greedy; > 0 = the pass@1 of GATE_K samples a problem at this temperature. A greedy
